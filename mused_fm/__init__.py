@@ -1,0 +1,1 @@
+"""MUSED-FM: CLIP-MUSED as a distributed, multi-dataset fMRI decoding trainer."""

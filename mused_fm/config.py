@@ -1,0 +1,448 @@
+"""Typed recipes: nested dataclasses with defaults in code, YAML deltas, `section.key=value` overrides.
+
+    from mused_fm.config import load_recipe
+    recipe = load_recipe("recipes/nsd_hcp.yaml", ["train.max_steps=100", "model.depth=2"])
+
+Merge order: the defaults below, then the YAML file, then the overrides. Every key of the YAML
+and of the overrides must name a field here; misspelt keys, wrong types and values outside a
+field's choices are collected and raised together as one `RecipeError` that names each dotted key
+and suggests the closest valid one. The resolved recipe is written back with `save_recipe`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "DataConfig",
+    "DatasetConfig",
+    "LogConfig",
+    "LossConfig",
+    "LossWeights",
+    "ModelConfig",
+    "Recipe",
+    "RecipeError",
+    "RunConfig",
+    "TrainConfig",
+    "WandbConfig",
+    "load_recipe",
+    "recipe_from_dict",
+    "recipe_to_dict",
+    "save_recipe",
+]
+
+
+class RecipeError(ValueError):
+    """A recipe key is unknown, has the wrong type, or its value is invalid."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunConfig:
+    name: str = "mused"
+    out_dir: str = "runs/mused"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, export/."""
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 512
+    """Width D of the residual stream and of every token."""
+    depth: int = 24
+    """Transformer blocks in the shared trunk."""
+    heads: int = 8
+    subject_tokens: Literal["two", "one", "none"] = "two"
+    """two: a low- and a high-level token per subject (CLIP-MUSED); one: one subject embedding added
+    to two shared tokens (MS-EMB); none: two shared tokens only (MS-SMODEL)."""
+    mlp_ratio: float = 4.0
+    """Hidden width of each block's MLP as a multiple of dim."""
+    dropout: float = 0.0
+    head_hidden: int = 512
+    """Hidden width of each dataset's MLP head on concat(z_llv, z_hlv); 0 makes the head linear."""
+    volume_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    """Channels of the 3D-CNN stages of volume tokenizers; each stage halves every spatial axis."""
+    volume_norm: Literal["batch", "group"] = "batch"
+    """Normalisation in the 3D CNN: batch (as the paper's ResNet) or group (small per-rank batches)."""
+
+
+@dataclass
+class DatasetConfig:
+    url: str = ""
+    """Shard folder or s3://bucket/prefix holding manifest.json (written by shards_tools)."""
+    weight: float = 1.0
+    """Share of each step's samples drawn from this dataset, relative to the other datasets."""
+    subjects: list[str] = field(default_factory=list)
+    """Subject names within the dataset (subj01, 100610); the global id is '<dataset>/<name>'.
+    Empty: every subject in the shards' manifest. One name gives single-subject training (SS-ViT)."""
+    input: Literal["roi", "volume"] = "roi"
+    """roi: bold is (num_rois, roi_dim) ROI patches (NSD); volume: bold is a 3D volume (HCP)."""
+    num_rois: int = 10
+    roi_dim: int = 268
+    """Features per ROI patch (the paper's per-ROI PCA width; shorter ROIs are zero-padded)."""
+    volume_shape: list[int] = field(default_factory=lambda: [111, 127, 111])
+    """Cropped volume (X, Y, Z); four stride-2 stages turn 111x127x111 into 7x8x7 = 392 tokens."""
+    num_classes: int = 80
+    """Labels of the dataset's multi-label head (NSD: the 80 COCO categories). 0: taken from the
+    shards' manifest by the trainer (HCP keeps the WordNet categories above a frequency)."""
+
+
+@dataclass
+class DataConfig:
+    datasets: dict[str, DatasetConfig] = field(default_factory=dict)
+    """Datasets by name (nsd, hcp, a BIDS site name); the name prefixes the global subject ids."""
+
+
+@dataclass
+class LossWeights:
+    """The lambdas of the paper's eq. 16 for one dataset (defaults: the paper's NSD settings)."""
+
+    orth: float = 1e-3
+    llv: float = 1e-4
+    hlv: float = 1e-3
+
+
+@dataclass
+class LossConfig:
+    rsa_scope: Literal["local", "global"] = "local"
+    """local: similarity matrices per rank (the paper's B); global: over the gathered global batch."""
+    weights: dict[str, LossWeights] = field(default_factory=dict)
+    """Per-dataset lambdas; a dataset not listed gets LossWeights() (the paper's NSD values)."""
+
+    def for_dataset(self, name: str) -> LossWeights:
+        return self.weights.get(name, LossWeights())
+
+
+@dataclass
+class TrainConfig:
+    micro_batch_size: int = 64
+    """Samples per rank per forward pass, summed over datasets."""
+    grad_accum_steps: int = 1
+    """Global batch = micro_batch_size x grad_accum_steps x world size (derived, never set)."""
+    max_steps: int = 20000
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.0
+    """Cosine decay ends at lr x min_lr_ratio."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip; 0 disables it."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 on GPU, fp32 on CPU (bf16 matmul is ~250x slower on CPUs without AMX)."""
+    save_every: int = 1000
+    eval_every: int = 500
+    log_every: int = 10
+    num_workers: int = 2
+    """DataLoader workers per rank."""
+
+
+@dataclass
+class WandbConfig:
+    project: str = "mused-fm"
+    mode: Literal["online", "offline", "disabled"] = "disabled"
+    entity: str = ""
+
+
+@dataclass
+class LogConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+# DeepSpeed keys the recipe derives from train.*; writing them twice could only disagree.
+_DERIVED_DEEPSPEED_KEYS = {
+    "train_batch_size": "train.micro_batch_size x train.grad_accum_steps x world size",
+    "train_micro_batch_size_per_gpu": "train.micro_batch_size",
+    "gradient_accumulation_steps": "train.grad_accum_steps",
+    "gradient_clipping": "train.grad_clip",
+    "optimizer": "train.optimizer, train.lr, train.betas and train.weight_decay",
+    "scheduler": "train.warmup_steps, train.max_steps and train.min_lr_ratio",
+    "bf16": "train.precision",
+    "fp16": "train.precision",
+}
+
+
+@dataclass
+class Recipe:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: dict[str, Any] = field(default_factory=lambda: {"zero_optimization": {"stage": 2}})
+    """Pass-through DeepSpeed keys (ZeRO stage, offload, ...). Batch, optimizer and precision keys
+    are derived from train.* and refused here."""
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def subject_ids(self) -> list[str]:
+        """Global subject ids listed by the recipe, dataset by dataset ('nsd/subj01', ...)."""
+        return [f"{name}/{s}" for name, ds in self.data.datasets.items() for s in ds.subjects]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, merging, validating
+# --------------------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (YAML would keep the last)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise RecipeError(
+                f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); keep one of them."
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_recipe(path: str | Path | None, overrides: Iterable[str] = ()) -> Recipe:
+    """Defaults, then the YAML at `path` (None: defaults only), then `section.key=value` overrides."""
+    delta: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe {str(path)!r} does not exist; the recipes are in recipes/*.yaml.")
+        try:
+            delta = yaml.load(path.read_text(), Loader=_StrictLoader) or {}
+        except RecipeError as err:
+            raise RecipeError(f"{path}: {err}") from None
+        if not isinstance(delta, dict):
+            raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(delta).__name__}.")
+        source = str(path)
+    return recipe_from_dict(delta, overrides, source=source)
+
+
+def recipe_from_dict(delta: Mapping[str, Any], overrides: Iterable[str] = (), source: str = "recipe") -> Recipe:
+    """Build a validated Recipe from a nested delta (as in a YAML file) and dotted overrides."""
+    recipe = Recipe()
+    problems: list[str] = []
+    _merge(recipe, delta, "", problems, from_cli=False)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            problems.append(f"override {item!r} is not of the form section.key=value.")
+            continue
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        nested: Any = value
+        for part in reversed(key.strip().split(".")):
+            nested = {part: nested}
+        override_problems: list[str] = []
+        _merge(recipe, nested, "", override_problems, from_cli=True)
+        problems.extend(f"override {item!r}: {p}" for p in override_problems)
+    if not problems:
+        problems.extend(_validate(recipe))
+    if problems:
+        raise RecipeError(
+            f"{source}: " + ("\n  ".join(["invalid recipe:", *problems]) if len(problems) > 1 else problems[0])
+        )
+    return recipe
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """Plain nested dict (YAML/JSON-safe) of a recipe."""
+    return dataclasses.asdict(recipe)
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    """Write the resolved recipe as YAML; load_recipe(path) gives it back unchanged."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    tmp.replace(path)
+
+
+def _merge(obj: Any, delta: Any, prefix: str, problems: list[str], from_cli: bool) -> None:
+    """Merge `delta` into dataclass `obj` in place, appending one message per bad key."""
+    if not isinstance(delta, Mapping):
+        problems.append(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping of keys, got {delta!r}.")
+        return
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in delta.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            problems.append(_unknown_key(dotted, str(key), [f"{prefix}{n}" for n in names]))
+            continue
+        tp = hints[key]
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(tp):
+            _merge(current, value, f"{dotted}.", problems, from_cli)
+        elif typing.get_origin(tp) is dict and dataclasses.is_dataclass(typing.get_args(tp)[1]):
+            if not isinstance(value, Mapping):
+                problems.append(f"{dotted}: expected a mapping of names to sections, got {value!r}.")
+                continue
+            item_type = typing.get_args(tp)[1]
+            for name, sub in value.items():
+                if sub is None:  # `hcp: null` removes an entry inherited from a base recipe
+                    current.pop(name, None)
+                    continue
+                entry = current.setdefault(str(name), item_type())
+                _merge(entry, sub, f"{dotted}.{name}.", problems, from_cli)
+        elif typing.get_origin(tp) is dict:  # free-form pass-through (deepspeed)
+            if not isinstance(value, Mapping):
+                problems.append(f"{dotted}: expected a mapping, got {value!r}.")
+                continue
+            _deep_update(current, value)
+        else:
+            try:
+                setattr(obj, key, _coerce(value, tp, from_cli))
+            except (TypeError, ValueError) as err:
+                problems.append(f"{dotted}: {err}")
+
+
+def _deep_update(target: dict, delta: Mapping) -> None:
+    for key, value in delta.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value
+
+
+def _unknown_key(dotted: str, key: str, candidates: Sequence[str]) -> str:
+    leaf = [c.rsplit(".", 1)[-1] for c in candidates]
+    close = difflib.get_close_matches(key, leaf, n=1, cutoff=0.5)
+    hint = f" Did you mean {candidates[leaf.index(close[0])]!r}?" if close else f" Valid keys here: {', '.join(leaf)}."
+    return f"unknown key {dotted!r}.{hint}"
+
+
+def _coerce(value: Any, tp: Any, from_cli: bool) -> Any:
+    """Check (and minimally convert) a scalar or list against a field's type annotation."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"expected one of {', '.join(map(repr, args))}, got {value!r}.")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, from_cli)
+            except (TypeError, ValueError) as err:
+                errors.append(str(err))
+        raise ValueError(" / ".join(errors))
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            if from_cli and isinstance(value, str):  # subjects=subj01,subj02 on the command line
+                value = [v for v in value.split(",") if v]
+            else:
+                raise ValueError(f"expected a list, got {value!r}.")
+        return [_coerce(v, args[0], from_cli) for v in value]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}.")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}.")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"expected a number, got {value!r}.") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {value!r}.")
+        return float(value)
+    if tp is str:
+        if from_cli and isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)  # run.name=2024 on the command line
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}.")
+        return value
+    raise TypeError(f"unsupported field type {tp!r}")  # a config.py bug, not a recipe error
+
+
+def _validate(recipe: Recipe) -> list[str]:
+    """Checks that need more than one field; every problem is returned, none raised."""
+    issues: list[str] = []
+    m, t = recipe.model, recipe.train
+    for name in ("dim", "depth", "heads"):
+        if getattr(m, name) < 1:
+            issues.append(f"model.{name} must be >= 1, got {getattr(m, name)}.")
+    if m.heads >= 1 and m.dim % m.heads:
+        issues.append(f"model.dim ({m.dim}) must be divisible by model.heads ({m.heads}).")
+    if m.head_hidden < 0:
+        issues.append(f"model.head_hidden must be >= 0, got {m.head_hidden}.")
+    if not m.volume_channels or min(m.volume_channels) < 1:
+        issues.append(f"model.volume_channels must be a non-empty list of positive ints, got {m.volume_channels}.")
+    if not 0.0 <= m.dropout < 1.0:
+        issues.append(f"model.dropout must be in [0, 1), got {m.dropout}.")
+
+    if not recipe.data.datasets:
+        issues.append("data.datasets is empty: add at least one dataset, e.g. data.datasets.nsd.url=PATH.")
+    for name, ds in recipe.data.datasets.items():
+        key = f"data.datasets.{name}"
+        if "/" in name or "." in name or not name:
+            issues.append(f"{key}: dataset names may not contain '/' or '.' (they prefix subject ids).")
+        if not (ds.weight > 0 and math.isfinite(ds.weight)):
+            issues.append(f"{key}.weight must be a positive number, got {ds.weight}.")
+        if ds.num_classes < 0:
+            issues.append(f"{key}.num_classes must be >= 1, or 0 to take it from the manifest; got {ds.num_classes}.")
+        if ds.input == "roi" and (ds.num_rois < 1 or ds.roi_dim < 1):
+            issues.append(f"{key}: num_rois and roi_dim must be >= 1, got {ds.num_rois} and {ds.roi_dim}.")
+        if ds.input == "volume" and (len(ds.volume_shape) != 3 or min(ds.volume_shape) < 1):
+            issues.append(f"{key}.volume_shape must be three positive ints (X, Y, Z), got {ds.volume_shape}.")
+        if len(set(ds.subjects)) != len(ds.subjects):
+            issues.append(f"{key}.subjects lists a subject twice: {ds.subjects}.")
+    for name in recipe.loss.weights:
+        if name not in recipe.data.datasets:
+            close = difflib.get_close_matches(name, list(recipe.data.datasets), n=1)
+            hint = f" Did you mean 'loss.weights.{close[0]}'?" if close else ""
+            issues.append(f"loss.weights.{name} names no dataset in data.datasets.{hint}")
+    for name, w in recipe.loss.weights.items():
+        for lam in ("orth", "llv", "hlv"):
+            if getattr(w, lam) < 0:
+                issues.append(f"loss.weights.{name}.{lam} must be >= 0, got {getattr(w, lam)}.")
+
+    for name in ("micro_batch_size", "grad_accum_steps", "max_steps", "save_every", "eval_every", "log_every"):
+        if getattr(t, name) < 1:
+            issues.append(f"train.{name} must be >= 1, got {getattr(t, name)}.")
+    if t.micro_batch_size < len(recipe.data.datasets):
+        issues.append(
+            f"train.micro_batch_size ({t.micro_batch_size}) must give every dataset at least one "
+            f"sample per step ({len(recipe.data.datasets)} datasets)."
+        )
+    if t.lr <= 0:
+        issues.append(f"train.lr must be > 0, got {t.lr}.")
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        issues.append(f"train.betas must be two numbers in [0, 1), got {t.betas}.")
+    if t.warmup_steps < 0 or t.grad_clip < 0 or t.weight_decay < 0 or t.num_workers < 0:
+        issues.append("train.warmup_steps, train.grad_clip, train.weight_decay and train.num_workers must be >= 0.")
+    if not 0.0 <= t.min_lr_ratio <= 1.0:
+        issues.append(f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}.")
+
+    for key, owner in _DERIVED_DEEPSPEED_KEYS.items():
+        if key in recipe.deepspeed:
+            issues.append(f"deepspeed.{key} is derived from {owner}; remove it from the recipe.")
+    stage = recipe.deepspeed.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        issues.append(f"deepspeed.zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}.")
+    return issues

@@ -1,0 +1,6 @@
+"""The subject-token Transformer of CLIP-MUSED, for any number of datasets and subjects."""
+
+from mused_fm.model.mused import MusedModel, MusedOutput, build_model
+from mused_fm.model.registry import SubjectRegistry, UnknownSubjectError
+
+__all__ = ["MusedModel", "MusedOutput", "SubjectRegistry", "UnknownSubjectError", "build_model"]

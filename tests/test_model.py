@@ -1,0 +1,175 @@
+"""Model contracts: shapes, gradient coverage, subject-row isolation, baselines, export round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY, make_batch
+
+from mused_fm.config import recipe_from_dict
+from mused_fm.losses import clip_mused_loss
+from mused_fm.model import MusedModel, SubjectRegistry, UnknownSubjectError, build_model
+from mused_fm.model.tokenizers import VolumeTokenizer
+from mused_fm.model.transformer import Trunk
+
+NSD_IDS = ["nsd/subj01", "nsd/subj03", "nsd/subj01", "nsd/subj03"]  # subj02 absent from the batch
+HCP_IDS = ["hcp/100610", "hcp/100610", "hcp/100610"]  # 102311 absent
+
+
+def loss_of(model, recipe, dataset, ids, seed=0):
+    batch = make_batch(model, dataset, ids, seed)
+    out = model(batch["bold"], batch["rows"], dataset)
+    return clip_mused_loss(
+        out, batch["labels"], batch["clip_llv"], batch["clip_hlv"], recipe.loss.for_dataset(dataset)
+    ).total
+
+
+def test_named_outputs_have_the_expected_shapes(tiny_model):
+    for dataset, ids, classes in (("nsd", NSD_IDS, 11), ("hcp", HCP_IDS, 6)):
+        batch = make_batch(tiny_model, dataset, ids)
+        out = tiny_model(batch["bold"], batch["rows"], dataset)
+        B = len(ids)
+        assert out.logits.shape == (B, classes)
+        assert out.z_llv.shape == out.z_hlv.shape == (B, 24)
+
+
+def test_hcp_volume_gives_392_tokens():
+    tokenizer = VolumeTokenizer((111, 127, 111), dim=16, channels=(2, 2, 2, 2))
+    assert tokenizer.grid == (7, 8, 7) and tokenizer.num_tokens == 392
+    assert tokenizer(torch.randn(1, 111, 127, 111)).shape == (1, 392, 16)
+
+
+def test_every_parameter_receives_gradient(tiny_model, tiny_recipe):
+    loss = loss_of(tiny_model, tiny_recipe, "nsd", NSD_IDS) + loss_of(tiny_model, tiny_recipe, "hcp", HCP_IDS)
+    loss.backward()
+    missing = [n for n, p in tiny_model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+@pytest.mark.parametrize("mode", ["two", "one"])
+def test_only_the_batch_subjects_token_rows_receive_gradient(tiny_recipe, mode):
+    tiny_recipe.model.subject_tokens = mode
+    model = build_model(tiny_recipe)
+    loss_of(model, tiny_recipe, "nsd", NSD_IDS).backward()
+    grad = model.subject_tokens.table.grad
+    rows = {sid: model.registry.rows([sid]).item() for sid in model.registry.ids}
+    used = [rows["nsd/subj01"], rows["nsd/subj03"]]
+    unused = [r for sid, r in rows.items() if sid not in NSD_IDS]
+    assert all(grad[r].abs().sum() > 0 for r in used)
+    assert all(grad[r].abs().sum() == 0 for r in unused)
+
+
+def test_subject_token_modes_are_the_papers_baselines(tiny_recipe):
+    shapes = {}
+    for mode in ("two", "one", "none"):
+        tiny_recipe.model.subject_tokens = mode
+        tokens = build_model(tiny_recipe).subject_tokens
+        shapes[mode] = {n: tuple(p.shape) for n, p in tokens.named_parameters()}
+    assert shapes["two"] == {"table": (5, 2, 24)}  # CLIP-MUSED: (n_subjects, 2, D)
+    assert shapes["one"] == {"table": (5, 1, 24), "shared": (1, 2, 24)}  # MS-EMB
+    assert shapes["none"] == {"shared": (1, 2, 24)}  # MS-SMODEL
+
+
+def test_without_subject_tokens_the_subject_does_not_matter(tiny_recipe):
+    tiny_recipe.model.subject_tokens = "none"
+    model = build_model(tiny_recipe).eval()
+    batch = make_batch(model, "nsd", ["nsd/subj01"] * 3)
+    same = model(batch["bold"], batch["rows"], "nsd").logits
+    other = model(batch["bold"], model.subject_rows(["nsd/subj02"] * 3), "nsd").logits
+    torch.testing.assert_close(same, other)
+    tiny_recipe.model.subject_tokens = "two"
+    model = build_model(tiny_recipe).eval()
+    assert not torch.allclose(
+        model(batch["bold"], batch["rows"], "nsd").logits,
+        model(batch["bold"], model.subject_rows(["nsd/subj02"] * 3), "nsd").logits,
+    )
+
+
+def test_readout_path_equals_the_full_trunk():
+    torch.manual_seed(0)
+    trunk = Trunk(dim=24, depth=3, heads=3).double()
+    x = torch.randn(4, 9, 24, dtype=torch.float64)
+    torch.testing.assert_close(trunk(x, num_readout=2), trunk(x)[:, :2])
+
+
+def test_single_subject_training_steps_without_nan():
+    delta = {
+        "model": TINY["model"],
+        "data": {"datasets": {"nsd": {**TINY["data"]["datasets"]["nsd"], "subjects": ["subj01"]}}},
+    }
+    recipe = recipe_from_dict(delta)
+    torch.manual_seed(0)
+    model = build_model(recipe)
+    assert model.registry.ids == ["nsd/subj01"]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = loss_of(model, recipe, "nsd", ["nsd/subj01"] * 6, seed=0)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]  # the same batch five times: the loss must fall
+
+
+def test_named_errors(tiny_model):
+    with pytest.raises(UnknownSubjectError, match=r"'nsd/subj09' \(in shard-000003\.tar\) is not in the model"):
+        tiny_model.subject_rows(["nsd/subj01", "nsd/subj09"], where="shard-000003.tar")
+    with pytest.raises(ValueError, match=r"not of dataset 'nsd'"):
+        tiny_model.subject_rows(["hcp/100610"], "nsd")
+    with pytest.raises(ValueError, match=r"bold of shape \(B, 5, 7\), got \(2, 5, 8\)"):
+        tiny_model(torch.randn(2, 5, 8), tiny_model.subject_rows(["nsd/subj01"] * 2), "nsd")
+    with pytest.raises(ValueError, match=r"no dataset 'bold5000'"):
+        tiny_model(torch.randn(2, 5, 7), tiny_model.subject_rows(["nsd/subj01"] * 2), "bold5000")
+
+
+def test_build_model_needs_subjects_and_class_counts(tiny_recipe):
+    with pytest.raises(ValueError, match=r"no subjects"):
+        build_model(recipe_from_dict({"data": {"datasets": {"nsd": {}}}}))
+    tiny_recipe.data.datasets["hcp"].num_classes = 0
+    with pytest.raises(ValueError, match=r"data\.datasets\.hcp\.num_classes is 0"):
+        build_model(tiny_recipe)
+    with pytest.raises(ValueError, match=r"datasets \['bids'\] that the recipe's data\.datasets"):
+        build_model(tiny_recipe, ["nsd/subj01", "bids/sub-01"])
+
+
+def test_registry():
+    reg = SubjectRegistry(["nsd/subj01", "hcp/100610"])
+    assert reg.rows(["hcp/100610", "nsd/subj01"]).tolist() == [1, 0]
+    assert reg.datasets() == ["nsd", "hcp"]
+    grown = reg.extended(["nsd/subj08"])
+    assert grown.rows(["nsd/subj01", "nsd/subj08"]).tolist() == [0, 2]
+    with pytest.raises(ValueError, match=r"listed more than once: \['nsd/subj01'\]"):
+        SubjectRegistry(["nsd/subj01", "nsd/subj01"])
+    with pytest.raises(ValueError, match=r"'<dataset>/<name>'"):
+        SubjectRegistry(["subj01"])
+
+
+def test_save_pretrained_reloads_to_identical_outputs(tiny_model, tmp_path):
+    tiny_model.train()
+    for dataset, ids in (("nsd", NSD_IDS), ("hcp", HCP_IDS)):  # move BatchNorm running statistics
+        batch = make_batch(tiny_model, dataset, ids, seed=1)
+        tiny_model(batch["bold"], batch["rows"], dataset)
+    tiny_model.eval()
+    tiny_model.save_pretrained(tmp_path / "export")
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "registry.json",
+    ]
+    loaded = MusedModel.from_pretrained(tmp_path / "export").eval()
+    assert loaded.registry == tiny_model.registry
+    for dataset, ids in (("nsd", NSD_IDS), ("hcp", HCP_IDS)):
+        batch = make_batch(tiny_model, dataset, ids, seed=2)
+        a = tiny_model(batch["bold"], batch["rows"], dataset)
+        b = loaded(batch["bold"], batch["rows"], dataset)
+        for name in ("logits", "z_llv", "z_hlv"):
+            assert torch.equal(getattr(a, name), getattr(b, name))
+    for key, value in tiny_model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+def test_from_pretrained_names_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors is missing"):
+        MusedModel.from_pretrained(tmp_path)
