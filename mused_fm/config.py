@@ -442,7 +442,8 @@ def _validate(recipe: Recipe) -> list[str]:
     for key, owner in _DERIVED_DEEPSPEED_KEYS.items():
         if key in recipe.deepspeed:
             issues.append(f"deepspeed.{key} is derived from {owner}; remove it from the recipe.")
-    stage = recipe.deepspeed.get("zero_optimization", {}).get("stage", 0)
-    if stage not in (0, 1, 2, 3):
+    zero = recipe.deepspeed.get("zero_optimization", {})
+    stage = zero.get("stage", 0) if isinstance(zero, dict) else zero
+    if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
         issues.append(f"deepspeed.zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}.")
     return issues

@@ -72,6 +72,11 @@ def multilabel_metrics(
     }
 
 
+def _finite_mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def grouped_metrics(
     probs_BC: np.ndarray | torch.Tensor,
     targets_BC: np.ndarray | torch.Tensor,
@@ -104,6 +109,6 @@ def grouped_metrics(
         datasets[name] = {
             **multilabel_metrics(probs[rows], targets[rows], threshold),
             "n": int(rows.sum()),
-            "subject_mean": {k: float(np.nanmean([m[k] for m in members])) for k in ("mAP", "AUC", "hamming")},
+            "subject_mean": {k: _finite_mean([m[k] for m in members]) for k in ("mAP", "AUC", "hamming")},
         }
     return {"datasets": datasets, "subjects": subjects}

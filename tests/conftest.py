@@ -58,3 +58,13 @@ def make_batch(model: MusedModel, dataset: str, subject_ids: list[str], seed: in
         "clip_llv": torch.randn(B, 9, generator=gen),
         "clip_hlv": torch.randn(B, 5, generator=gen),
     }
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests skip themselves on machines without CUDA (their CPU twins run everywhere)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -163,8 +163,7 @@ class MusedModel(nn.Module):
         except RecipeError as err:
             raise ValueError(f"{err}\n(the export was written by another version of mused_fm)") from None
         model = cls(recipe.model, recipe.data.datasets, SubjectRegistry.load(src / REGISTRY_NAME))
-        state = load_file(str(src / WEIGHTS_NAME), device=str(map_location))
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(load_file(str(src / WEIGHTS_NAME)), strict=True)
         return model.to(map_location)
 
 

@@ -1,0 +1,26 @@
+"""python -m mused_fm.bench {model} [--json OUT.json] [options]: print figures and write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from mused_fm.bench import model
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m mused_fm.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    for name, module in (("model", model),):
+        p = sub.add_parser(name, help=module.__doc__.splitlines()[0])
+        p.add_argument("--json", help="write the figures to this JSON file")
+        module.add_arguments(p)
+        p.set_defaults(run=module.main)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    main()
