@@ -1,0 +1,38 @@
+"""The tiny offline CLIP loads and runs through the same transformers classes as a real checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from shards_tools.tiny_clip import build_tiny_clip
+
+WORDS = ["a dog on a sofa", "two cats and a person", "a red car on the street", "a bowl of fruit on a table"]
+
+
+def test_tiny_clip_loads_through_the_auto_classes(tmp_path):
+    from transformers import AutoProcessor, AutoTokenizer, CLIPModel
+
+    folder = build_tiny_clip(tmp_path / "clip", WORDS * 4, seed=3)
+    model = CLIPModel.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer("a dog on a sofa")["input_ids"]
+    assert ids[0] == model.config.text_config.bos_token_id and ids[-1] == model.config.text_config.eos_token_id
+    processor = AutoProcessor.from_pretrained(folder)
+    assert type(processor).__name__ == "CLIPProcessor"
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, size=(40, 48 + i, 3), dtype=np.uint8) for i in range(3)]  # any size
+    inputs = processor(images=images, text=WORDS[:3], return_tensors="pt", padding=True)
+    assert inputs["pixel_values"].shape == (3, 3, 32, 32)
+    with torch.no_grad():
+        first = model.vision_model(pixel_values=inputs["pixel_values"], output_hidden_states=True).hidden_states[1]
+        image = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+        text = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    assert first.shape == (3, 17, 32)  # (32 / 8)^2 patches + CLS, width 32: the tiny twin of 197 x 768
+    assert image.shape == text.pooler_output.shape == (3, 16)
+
+    # Seeded: the same seed gives the same weights.
+    again = CLIPModel.from_pretrained(build_tiny_clip(tmp_path / "again", WORDS * 4, seed=3))
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
