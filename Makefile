@@ -39,7 +39,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 bench: install
-	$(PY) -m mused_fm.bench model --json docs/bench_model.json
+	$(PY) -m mused_fm.bench model --rounds 9 --json docs/bench_model.json
 
 demo:
 	@echo "make demo arrives with the trainer (issue: DeepSpeed ZeRO trainer); nothing to run yet." >&2

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+from collections.abc import Callable
 
 import torch
 
@@ -65,6 +66,19 @@ def _reference_encoder(args: argparse.Namespace, device: torch.device) -> torch.
     return BertModel(config, add_pooling_layer=False).to(device).train()
 
 
+def _training_step(model, autocast, bold, rows, dataset, labels, clip_llv, clip_hlv, weights) -> Callable[[], None]:
+    """One fwd+bwd of the model with the full CLIP-MUSED loss (no optimizer step)."""
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        with autocast:
+            out = model(bold, rows, dataset)
+            loss = clip_mused_loss(out, labels, clip_llv, clip_hlv, weights).total
+        loss.backward()
+
+    return step
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # bf16 matmul is ~250x slower on CPU
@@ -81,12 +95,7 @@ def run(args: argparse.Namespace) -> dict:
     clip_llv, clip_hlv = torch.randn(B, 1024, device=device), torch.randn(B, 512, device=device)
     embeds = torch.randn(B, 12, args.dim, device=device)  # 10 ROI + 2 subject tokens
 
-    def ours() -> None:
-        model.zero_grad(set_to_none=True)
-        with autocast:
-            out = model(bold, rows, "nsd")
-            loss = clip_mused_loss(out, labels, clip_llv, clip_hlv, weights).total
-        loss.backward()
+    ours = _training_step(model, autocast, bold, rows, "nsd", labels, clip_llv, clip_hlv, weights)
 
     def ref() -> None:
         reference.zero_grad(set_to_none=True)
@@ -125,14 +134,7 @@ def _hcp_path(model, recipe, device, autocast, peak: float, rounds: int) -> dict
     labels = torch.zeros(1, 64, dtype=torch.uint8, device=device)
     clip_llv, clip_hlv = torch.randn(1, 1024, device=device), torch.randn(1, 512, device=device)
     weights = recipe.loss.for_dataset("hcp")
-
-    def step() -> None:
-        model.zero_grad(set_to_none=True)
-        with autocast:
-            out = model(volume, row, "hcp")
-            loss = clip_mused_loss(out, labels, clip_llv, clip_hlv, weights).total
-        loss.backward()
-
+    step = _training_step(model, autocast, volume, row, "hcp", labels, clip_llv, clip_hlv, weights)
     flops = count_flops(step)
     seconds = time_interleaved({"hcp": step}, device, rounds=rounds, warmup=1)["hcp"]
     return {
