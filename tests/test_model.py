@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, make_batch
 
 from mused_fm.config import recipe_from_dict
 from mused_fm.losses import clip_mused_loss
 from mused_fm.model import MusedModel, SubjectRegistry, UnknownSubjectError, build_model
 from mused_fm.model.tokenizers import VolumeTokenizer
 from mused_fm.model.transformer import Trunk
+
+from conftest import TINY, make_batch
 
 NSD_IDS = ["nsd/subj01", "nsd/subj03", "nsd/subj01", "nsd/subj03"]  # subj02 absent from the batch
 HCP_IDS = ["hcp/100610", "hcp/100610", "hcp/100610"]  # 102311 absent

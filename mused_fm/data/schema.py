@@ -1,0 +1,107 @@
+"""The shard schema (version 1): the contract between shards_tools (writer) and mused_fm.data (reader).
+
+One sample = one stimulus presentation (an NSD trial or trial average, an HCP TR, a BIDS event)
+of one subject. Members of a sample in the tar (WebDataset: `<key>.<member>`):
+
+    bold.npy      float16  ROI datasets: (num_rois, roi_dim) per-ROI PCA scores, zero-padded;
+                           volume datasets: (num_voxels,) values inside the subject's brain mask
+                           (preproc/<subject>.npz holds the mask over the cropped volume)
+    clip_llv.npy  float16  (llv_dim,) low-level CLIP feature, clipped at +-1.5, unit norm
+    clip_hlv.npy  float16  (hlv_dim,) high-level CLIP feature, clipped at +-1.5, unit norm
+    labels.npy    uint8    (num_classes,) multi-hot over the manifest's class list
+    meta.json              {dataset, subject, site, stimulus, split, unit, index, schema}
+
+Keys carry no dots (WebDataset splits the member name at the first dot): `nsd_subj01_s03_t000512`.
+Every array is .npy (no pickle); meta is JSON. The manifest (manifest.json, written last) says
+what every member's shape is for its dataset.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "BOLD",
+    "CLIP_HLV",
+    "CLIP_LLV",
+    "LABELS",
+    "MEMBERS",
+    "META",
+    "META_KEYS",
+    "SCHEMA_VERSION",
+    "SPLITS",
+    "Sample",
+    "ShardSchemaError",
+    "sample_key",
+]
+
+SCHEMA_VERSION = 1
+BOLD, CLIP_LLV, CLIP_HLV, LABELS, META = "bold.npy", "clip_llv.npy", "clip_hlv.npy", "labels.npy", "meta.json"
+MEMBERS: dict[str, np.dtype] = {
+    BOLD: np.dtype(np.float16),
+    CLIP_LLV: np.dtype(np.float16),
+    CLIP_HLV: np.dtype(np.float16),
+    LABELS: np.dtype(np.uint8),
+}
+META_KEYS = ("dataset", "subject", "site", "stimulus", "split", "unit", "index", "schema")
+SPLITS = ("train", "val", "test")
+_KEY_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+class ShardSchemaError(ValueError):
+    """A sample, shard or manifest does not follow the schema; the message names which and why."""
+
+
+def sample_key(dataset: str, subject: str, unit: str, index: int) -> str:
+    """`nsd_subj01_s03_t000512`: dots and slashes become '-', so WebDataset keeps the key whole."""
+    parts = [dataset, subject.split("/", 1)[-1], unit, f"t{index:06d}"]
+    key = "_".join(re.sub(r"[^A-Za-z0-9\-]", "-", p) for p in parts)
+    assert _KEY_OK.match(key), key
+    return key
+
+
+@dataclass
+class Sample:
+    key: str
+    bold: np.ndarray
+    clip_llv: np.ndarray
+    clip_hlv: np.ndarray
+    labels: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {BOLD: self.bold, CLIP_LLV: self.clip_llv, CLIP_HLV: self.clip_hlv, LABELS: self.labels}
+
+    def check(self, shapes: dict[str, tuple[int, ...]], where: str = "") -> None:
+        """Raise ShardSchemaError naming the key and member when a dtype, shape or meta field is off.
+
+        Args:
+            shapes: expected shape of each array member (from the manifest).
+        """
+        origin = f"{where}: " if where else ""
+        if not _KEY_OK.match(self.key):
+            raise ShardSchemaError(f"{origin}sample key {self.key!r} may hold only letters, digits, '_' and '-'.")
+        for name, array in self.arrays().items():
+            if not isinstance(array, np.ndarray) or array.dtype != MEMBERS[name]:
+                got = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
+                raise ShardSchemaError(f"{origin}{self.key}.{name} has dtype {got}; expected {MEMBERS[name]}.")
+            if array.shape != tuple(shapes[name]):
+                raise ShardSchemaError(
+                    f"{origin}{self.key}.{name} has shape {array.shape}; the manifest says {tuple(shapes[name])}."
+                )
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise ShardSchemaError(f"{origin}{self.key}.{name} holds NaN or infinite values.")
+        missing = [k for k in META_KEYS if k not in self.meta]
+        if missing:
+            raise ShardSchemaError(f"{origin}{self.key}.{META} lacks {missing}.")
+        if self.meta["split"] not in SPLITS:
+            raise ShardSchemaError(f"{origin}{self.key}: split {self.meta['split']!r} is not one of {SPLITS}.")
+        if self.meta["schema"] != SCHEMA_VERSION:
+            raise ShardSchemaError(
+                f"{origin}{self.key}: schema {self.meta['schema']!r}; this reader knows {SCHEMA_VERSION}. "
+                "Re-pack the shards with this version of shards_tools."
+            )

@@ -1,0 +1,230 @@
+"""Write one dataset's shards, per-subject preprocessing and manifest to a folder or S3 prefix.
+
+    writer = DatasetWriter(out_url, DatasetInfo(dataset="nsd", kind="roi", classes=[...], ...))
+    with writer.subject("nsd/subj01", fingerprint={"roi_dim": 268, ...}) as sub:   # None: already packed
+        sub.save_preproc({"pca_V1": ..., ...})
+        for sample in samples:                       # any order of splits; deterministic per subject
+            sub.add(sample)
+    writer.finish()                                  # manifest.json, written last
+
+Layout under OUT:
+    shards/<name>-<split>-NNNNNN.tar   one subject and split per shard, `maxcount` samples each
+    preproc/<name>.npz                 the subject's preprocessing (PCA bases, means, masks)
+    parts/<name>.json                  the subject's record; written once all its shards exist
+    manifest.json                      dataset facts + every subject and shard; written last
+
+Nothing partial is ever visible: each shard is written to a local temporary file and renamed or
+uploaded when complete. A rerun skips subjects whose record exists with the same fingerprint
+(the arguments that shape their samples) and, inside an interrupted subject, shards that already
+exist; tars are byte-deterministic (fixed mtime, owner, order), so a rerun ends with the same
+manifest. A subject already in the output with a different fingerprint is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import tarfile
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mused_fm.data import storage
+from mused_fm.data.schema import META, SCHEMA_VERSION, SPLITS, Sample, ShardSchemaError
+
+__all__ = ["DatasetInfo", "DatasetWriter", "SubjectWriter", "encode_sample", "subject_name"]
+
+logger = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class DatasetInfo:
+    """Dataset-level facts every subject of one output shares (checked when a pack appends)."""
+
+    dataset: str
+    kind: Literal["roi", "volume"]
+    classes: list[str]
+    clip: dict[str, Any]
+    """CLIP model, layers, post-processing and llv reduction (with its measured fidelity)."""
+    llv_dim: int
+    hlv_dim: int
+    rois: list[dict[str, Any]] = field(default_factory=list)
+    """ROI datasets: [{"name", "labels"}...] in token order."""
+    roi_dim: int = 0
+    volume_shape: list[int] = field(default_factory=list)
+    """Volume datasets: the cropped grid (X, Y, Z) that bold's masked vector fills."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Packer-specific facts (crop, delay, label threshold, ...)."""
+
+
+def subject_name(subject_id: str) -> str:
+    """File-name part of a global id: 'nsd/subj01' -> 'subj01', 'mysite/sub-01' -> 'sub-01'."""
+    return subject_id.split("/", 1)[1]
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_sample(sample: Sample) -> list[tuple[str, bytes]]:
+    """(member name, bytes) in tar order: the arrays as .npy, then meta as sorted JSON."""
+    members = [(f"{sample.key}.{name}", _npy(array)) for name, array in sample.arrays().items()]
+    members.append((f"{sample.key}.{META}", json.dumps(sample.meta, sort_keys=True).encode()))
+    return members
+
+
+def _write_tar(path: Path, samples: list[Sample]) -> None:
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in samples:
+            for name, data in encode_sample(sample):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, 0o444  # fixed: byte-identical reruns
+                tar.addfile(info, io.BytesIO(data))
+
+
+def _sha256(url: str) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with storage.open_read(url) as f:
+        while chunk := f.read(4 * 2**20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+class DatasetWriter:
+    def __init__(self, out_url: str, info: DatasetInfo, maxcount: int = 2000, tool: str = "shards_tools") -> None:
+        self.out, self.info, self.maxcount, self.tool = str(out_url).rstrip("/"), info, maxcount, tool
+        self._tmp = tempfile.TemporaryDirectory(prefix="mused-shards-")
+        manifest_url = storage.join(self.out, MANIFEST)
+        if storage.exists(manifest_url):
+            self._check_same_dataset(json.loads(storage.read_bytes(manifest_url)))
+
+    def _check_same_dataset(self, manifest: dict) -> None:
+        mine = dataclasses.asdict(self.info)
+        for key, value in mine.items():
+            theirs = manifest.get("info", {}).get(key)
+            if theirs != value:
+                raise ShardSchemaError(
+                    f"{self.out}/{MANIFEST} was packed with {key} = {str(theirs)[:120]}, this pack has "
+                    f"{str(value)[:120]}. Pack into a new --out, or with the same settings."
+                )
+
+    def subject(self, subject_id: str, fingerprint: dict[str, Any]) -> SubjectWriter | None:
+        """A writer for one subject, or None when it is already packed with the same fingerprint."""
+        if not subject_id.startswith(f"{self.info.dataset}/"):
+            raise ShardSchemaError(f"subject id {subject_id!r} must start with '{self.info.dataset}/'.")
+        part_url = storage.join(self.out, "parts", f"{subject_name(subject_id)}.json")
+        if storage.exists(part_url):
+            done = json.loads(storage.read_bytes(part_url))
+            if done["fingerprint"] == fingerprint:
+                logger.info("%s is already packed in %s; skipping it", subject_id, self.out)
+                return None
+            raise ShardSchemaError(
+                f"subject {subject_id} is already in {self.out} (packed with {done['fingerprint']}; this pack "
+                f"has {fingerprint}). Pack it into a new --out, or remove {part_url} and its shards to re-pack it."
+            )
+        return SubjectWriter(self, subject_id, fingerprint)
+
+    def finish(self) -> dict:
+        """Gather every subject's record into manifest.json (written last, atomically) and return it."""
+        subjects, shards = {}, []
+        for entry in storage.listdir(storage.join(self.out, "parts")):
+            if not entry.endswith(".json"):
+                continue
+            part = json.loads(storage.read_bytes(storage.join(self.out, "parts", entry)))
+            subjects[part["subject"]] = {k: part[k] for k in ("counts", "bold_shape", "preproc", "fingerprint")}
+            shards.extend(part["shards"])
+        manifest = {
+            "schema": SCHEMA_VERSION,
+            "dataset": self.info.dataset,
+            "info": dataclasses.asdict(self.info),
+            "subjects": dict(sorted(subjects.items())),
+            "shards": sorted(shards, key=lambda s: s["name"]),
+            "tool": self.tool,
+        }
+        storage.write_bytes(storage.join(self.out, MANIFEST), (json.dumps(manifest, indent=1) + "\n").encode())
+        self._tmp.cleanup()
+        return manifest
+
+
+class SubjectWriter:
+    def __init__(self, parent: DatasetWriter, subject_id: str, fingerprint: dict[str, Any]) -> None:
+        self.parent, self.subject_id, self.fingerprint = parent, subject_id, fingerprint
+        self.name = subject_name(subject_id)
+        self._pending: dict[str, list[Sample]] = defaultdict(list)
+        self._next_index: dict[str, int] = defaultdict(int)
+        self._shards: list[dict] = []
+        self._counts = dict.fromkeys(SPLITS, 0)
+        self._bold_shape: list[int] | None = None
+        self._preproc = ""
+
+    def __enter__(self) -> SubjectWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()  # on an error nothing is recorded, so a rerun packs the subject again
+
+    def save_preproc(self, arrays: dict[str, np.ndarray]) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)  # plain arrays only; loaded with allow_pickle=False
+        self._preproc = f"preproc/{self.name}.npz"
+        storage.write_bytes(storage.join(self.parent.out, self._preproc), buf.getvalue())
+
+    def add(self, sample: Sample) -> None:
+        split = sample.meta.get("split")
+        if sample.meta.get("subject") != self.subject_id:
+            raise ShardSchemaError(f"{sample.key}: meta subject {sample.meta.get('subject')!r} in the writer of "
+                                   f"{self.subject_id}.")  # fmt: skip
+        if self._bold_shape is None:
+            self._bold_shape = list(sample.bold.shape)
+        sample.check(self._shapes(), where=self.subject_id)
+        self._pending[split].append(sample)
+        self._counts[split] += 1
+        if len(self._pending[split]) >= self.parent.maxcount:
+            self._flush(split)
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        info = self.parent.info
+        return {"bold.npy": tuple(self._bold_shape), "clip_llv.npy": (info.llv_dim,),
+                "clip_hlv.npy": (info.hlv_dim,), "labels.npy": (len(info.classes),)}  # fmt: skip
+
+    def _flush(self, split: str) -> None:
+        samples, self._pending[split] = self._pending[split], []
+        if not samples:
+            return
+        index = self._next_index[split]
+        self._next_index[split] += 1
+        name = f"shards/{self.name}-{split}-{index:06d}.tar"
+        url = storage.join(self.parent.out, name)
+        if storage.exists(url):  # finished by an interrupted earlier run (shards appear only whole)
+            logger.info("%s exists; keeping it", name)
+        else:
+            local = Path(self.parent._tmp.name) / f"{self.name}-{split}-{index:06d}.tar"
+            _write_tar(local, samples)
+            storage.put_file(local, url)
+        sha, size = _sha256(url)
+        self._shards.append({"name": name, "subject": self.subject_id, "split": split, "count": len(samples),
+                             "bytes": size, "sha256": sha})  # fmt: skip
+
+    def close(self) -> None:
+        for split in SPLITS:
+            self._flush(split)
+        if not self._shards:
+            raise ShardSchemaError(f"{self.subject_id}: no samples were written; check the subject's inputs.")
+        part = {"subject": self.subject_id, "fingerprint": self.fingerprint, "counts": self._counts,
+                "bold_shape": self._bold_shape, "preproc": self._preproc, "shards": self._shards}  # fmt: skip
+        storage.write_bytes(
+            storage.join(self.parent.out, "parts", f"{self.name}.json"), (json.dumps(part, indent=1) + "\n").encode()
+        )
+        logger.info("%s: %s samples in %d shards", self.subject_id, self._counts, len(self._shards))

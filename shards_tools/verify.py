@@ -1,0 +1,95 @@
+"""verify URL: check every shard against the manifest and the schema; exit 1 naming every bad shard.
+
+    python -m shards_tools verify /data/shards/nsd
+    python -m shards_tools verify s3://my-bucket/shards/nsd
+
+Per shard: present, byte size and sha256 as recorded, every sample complete (all members, keys
+contiguous), arrays decode as plain .npy with the schema's dtype and the manifest's shape, finite
+values, meta fields present, meta subject and split equal to the shard's, and the sample count as
+recorded. Files under shards/ that the manifest does not list are reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+
+from mused_fm.data import storage
+from mused_fm.data.manifest import expected_shapes, read_manifest, shard_url
+from mused_fm.data.schema import ShardSchemaError
+from mused_fm.data.tarfiles import decode_sample, iter_raw_samples, open_hashed
+
+__all__ = ["add_arguments", "run", "verify"]
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", help="shard set: a folder or s3://bucket/prefix holding manifest.json")
+
+
+def check_shard(url: str, manifest: dict, shard: dict) -> list[str]:
+    """Problems of one shard (empty when it is good)."""
+    problems: list[str] = []
+    try:
+        raw = open_hashed(shard_url(url, shard))
+    except FileNotFoundError:
+        return ["missing"]
+    shapes = expected_shapes(manifest, shard["subject"])
+    count = 0
+    with raw:
+        try:
+            for key, members in iter_raw_samples(io.BufferedReader(raw, 2**20)):
+                count += 1
+                try:
+                    sample = decode_sample(key, members)
+                    sample.check(shapes)
+                    if (sample.meta["subject"], sample.meta["split"]) != (shard["subject"], shard["split"]):
+                        problems.append(f"{key}: meta says {sample.meta['subject']} {sample.meta['split']}, "
+                                        f"the shard holds {shard['subject']} {shard['split']}")  # fmt: skip
+                except ShardSchemaError as err:
+                    problems.append(str(err))
+        except Exception as err:  # a truncated or corrupt tar surfaces as tarfile/EOF errors
+            problems.append(f"unreadable after {count} samples ({type(err).__name__}: {err})")
+        raw.drain()
+    if count != shard["count"]:
+        problems.append(f"{count} samples; the manifest says {shard['count']}")
+    if raw.size != shard["bytes"]:
+        problems.append(f"{raw.size} bytes; the manifest says {shard['bytes']}")
+    elif raw.sha256.hexdigest() != shard["sha256"]:
+        problems.append("sha256 differs from the manifest (the file changed after packing)")
+    return problems
+
+
+def verify(url: str) -> dict[str, list[str]]:
+    """{shard name: problems} for every bad shard; empty when the whole set is good."""
+    manifest = read_manifest(url)
+    bad: dict[str, list[str]] = {}
+    for shard in manifest["shards"]:
+        problems = check_shard(url, manifest, shard)
+        if problems:
+            bad[shard["name"]] = problems
+    listed = {s["name"] for s in manifest["shards"]}
+    for name in storage.listdir(storage.join(url, "shards")):
+        if f"shards/{name}" not in listed:
+            bad[f"shards/{name}"] = ["not in the manifest (left by another pack, or copied in by hand)"]
+    return bad
+
+
+def run(args: argparse.Namespace) -> int:
+    manifest = read_manifest(args.url)
+    bad = verify(args.url)
+    total = len(manifest["shards"])
+    if not bad:
+        samples = sum(s["count"] for s in manifest["shards"])
+        print(f"{args.url}: all {total} shards good ({samples} samples, {len(manifest['subjects'])} subjects)")
+        return 0
+    for name, problems in bad.items():
+        print(f"BAD {name}")
+        for problem in problems[:10]:
+            print(f"    {problem}")
+        if len(problems) > 10:
+            print(f"    ... and {len(problems) - 10} more")
+    print(f"{args.url}: {len(bad)} bad shard(s) of {total}: {', '.join(bad)}")
+    return 1

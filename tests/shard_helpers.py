@@ -1,0 +1,48 @@
+"""Small shard sets written by the real writer, for the data tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
+from mused_fm.data.writer import DatasetInfo, DatasetWriter
+
+CLASSES = [f"class{i}" for i in range(7)]  # distinct sizes: 7 classes, bold 3 x 5, llv 11, hlv 6
+
+
+def info(**overrides) -> DatasetInfo:
+    base = dict(dataset="nsd", kind="roi", classes=CLASSES, clip={"model": "tiny", "llv_dim": 11},
+                llv_dim=11, hlv_dim=6, rois=[{"name": n} for n in ("V1", "V2", "LO")], roi_dim=5)  # fmt: skip
+    return DatasetInfo(**{**base, **overrides})
+
+
+def make_samples(subject: str, n: int, seed: int = 0) -> list[Sample]:
+    """n samples of one subject; every 5th is test and every 7th validation, in trial order."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        split = "test" if i % 5 == 0 else "val" if i % 7 == 0 else "train"
+        meta = {"dataset": "nsd", "subject": subject, "site": "nsd", "stimulus": f"img{i % 9}", "split": split,
+                "unit": f"s{i // 10 + 1:02d}", "index": i, "schema": SCHEMA_VERSION}  # fmt: skip
+        out.append(Sample(
+            key=sample_key("nsd", subject, meta["unit"], i),
+            bold=rng.standard_normal((3, 5)).astype(np.float16),
+            clip_llv=rng.standard_normal(11).astype(np.float16),
+            clip_hlv=rng.standard_normal(6).astype(np.float16),
+            labels=(rng.random(7) < 0.3).astype(np.uint8),
+            meta=meta,
+        ))  # fmt: skip
+    return out
+
+
+def write_set(out: str, subjects: dict[str, int], maxcount: int = 4, **info_overrides) -> dict:
+    writer = DatasetWriter(out, info(**info_overrides), maxcount=maxcount)
+    for subject, n in subjects.items():
+        sub = writer.subject(subject, fingerprint={"n": n})
+        if sub is None:
+            continue
+        with sub:
+            sub.save_preproc({"pca": np.eye(3, dtype=np.float32)})
+            for sample in make_samples(subject, n):
+                sub.add(sample)
+    return writer.finish()
