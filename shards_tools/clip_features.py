@@ -1,0 +1,192 @@
+"""CLIP features of stimuli as CLIP-MUSED uses them, computed once per distinct stimulus and cached.
+
+Shape legend: N stimuli, T vision tokens (197 for ViT-B/16 at 224 px), W vision width (768),
+P projection width (512), K reduced low-level width.
+
+- low-level (llv): the first vision layer's output (hidden_states[1], N x T x W) flattened, clipped
+  at +-1.5 and L2-normalised (the paper), then reduced to K dims and L2-normalised again.
+- high-level (hlv): the mean of the projected image and text embeddings, clipped at +-1.5 and
+  L2-normalised (the paper; raw embeddings are averaged, as in the official code).
+
+Why the llv reduction is fitted, not random: first-layer CLIP features of different images share
+a large common part (position embeddings, CLS), so their cosine similarities sit in a narrow band.
+A random projection or sketch adds noise of about 1/sqrt(K) to every similarity, which is of the
+order of that band: a CountSketch of 5000 such dims to 2048 kept only r = 0.57 of the similarity
+structure in our test. An uncentered PCA fitted on the stimuli (the basis that best preserves
+their Gram matrix) keeps it: the manifest records the Pearson r between the similarity matrices
+before and after reduction, measured on stimuli held out from the fit. The basis (K x T*W, float16)
+is stored in the output's clip/ folder so that later packs into the same output reuse it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mused_fm.data import storage
+
+__all__ = ["ClipFeaturizer", "ClipStore", "LlvBasis", "postprocess", "similarity_fidelity"]
+
+logger = logging.getLogger(__name__)
+CLIP_VALUE = 1.5
+
+
+def postprocess(x_NF: torch.Tensor, clip_value: float = CLIP_VALUE) -> torch.Tensor:
+    """Clip every entry at +-clip_value, then L2-normalise each row (the paper's feature post-processing)."""
+    return torch.nn.functional.normalize(x_NF.float().clamp(-clip_value, clip_value), dim=-1)
+
+
+def similarity_fidelity(full_NF: np.ndarray, reduced_NK: np.ndarray) -> float:
+    """Pearson r between the off-diagonal cosine similarities of two feature sets of the same stimuli."""
+    a, b = (
+        torch.nn.functional.normalize(torch.as_tensor(x, dtype=torch.float64), dim=-1) for x in (full_NF, reduced_NK)
+    )
+    rows, cols = torch.triu_indices(a.shape[0], a.shape[0], offset=1)
+    sa, sb = (a @ a.T)[rows, cols], (b @ b.T)[rows, cols]
+    return float(torch.corrcoef(torch.stack([sa, sb]))[0, 1])
+
+
+class LlvBasis:
+    """Uncentered PCA basis (K x F): reduce(x) = normalise(x @ basis.T), zero-padded to `dim`."""
+
+    def __init__(self, basis_KF: np.ndarray, dim: int) -> None:
+        self.basis, self.dim = basis_KF.astype(np.float32), dim
+
+    @classmethod
+    def fit(cls, full_NF: np.ndarray, dim: int) -> LlvBasis:
+        """Top right singular vectors of the stimuli's features, through their N x N Gram matrix."""
+        x = torch.as_tensor(full_NF, dtype=torch.float64)
+        eigvals, eigvecs = torch.linalg.eigh(x @ x.T)  # ascending; Gram = U S^2 U^T
+        keep = min(dim, int((eigvals > eigvals.max() * 1e-10).sum()))
+        u, s = eigvecs[:, -keep:].flip(1), eigvals[-keep:].flip(0).sqrt()
+        return cls(((u / s).T @ x).numpy(), dim)  # V^T = S^-1 U^T X, (keep, F)
+
+    def reduce(self, full_NF: np.ndarray | torch.Tensor) -> np.ndarray:
+        x = torch.as_tensor(full_NF, dtype=torch.float32) @ torch.from_numpy(self.basis).T
+        out = torch.zeros(x.shape[0], self.dim)
+        out[:, : x.shape[1]] = torch.nn.functional.normalize(x, dim=-1)
+        return out.numpy()
+
+
+class ClipFeaturizer:
+    """A `transformers` CLIP (local folder or hub id) computing full llv and hlv features in batches."""
+
+    def __init__(self, model: str | Path, batch_size: int = 32, device: str | torch.device = "cpu") -> None:
+        from transformers import AutoProcessor, CLIPModel
+
+        try:
+            self.model = CLIPModel.from_pretrained(str(model)).to(device).eval()
+            self.processor = AutoProcessor.from_pretrained(str(model))
+        except (OSError, ValueError, TypeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(
+                f"--clip-model {str(model)!r} does not load as a transformers CLIP model ({first}). Pass a folder "
+                "written by CLIPModel.save_pretrained with its processor (the simulated cohort has RAW/clip), or a "
+                "hub id such as openai/clip-vit-base-patch16 on a machine that can download it."
+            ) from None
+        self.name, self.batch_size, self.device = str(model), batch_size, torch.device(device)
+        vision = self.model.config.vision_config
+        self.llv_full_dim = ((vision.image_size // vision.patch_size) ** 2 + 1) * vision.hidden_size
+        self.hlv_dim = self.model.config.projection_dim
+
+    @torch.no_grad()
+    def encode(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(full llv (N, T*W), hlv (N, P)), post-processed, for images (H x W x 3 uint8) with one text each."""
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts; give one text per stimulus.")
+        llv, hlv = [], []
+        for start in range(0, len(images), self.batch_size):
+            stop = start + self.batch_size
+            inputs = self.processor(images=list(images[start:stop]), text=list(texts[start:stop]),
+                                    return_tensors="pt", padding=True, truncation=True).to(self.device)  # fmt: skip
+            vision = self.model.vision_model(pixel_values=inputs["pixel_values"], output_hidden_states=True)
+            llv.append(postprocess(vision.hidden_states[1].flatten(1).cpu()))
+            image = self.model.visual_projection(vision.pooler_output)
+            text = self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            hlv.append(postprocess(((image + getattr(text, "pooler_output", text)) / 2).cpu()))
+        return torch.cat(llv).numpy(), torch.cat(hlv).numpy()
+
+    @torch.no_grad()
+    def pick_caption(self, image: np.ndarray, captions: Sequence[str], rng: np.random.Generator) -> str:
+        """The paper's choice: a seeded pick among captions whose CLIP similarity is >= half the best."""
+        inputs = self.processor(images=[image], text=list(captions), return_tensors="pt", padding=True,
+                                truncation=True).to(self.device)  # fmt: skip
+        out = self.model(**inputs)
+        sims = out.logits_per_image[0].cpu().numpy()
+        eligible = np.flatnonzero(sims >= sims.max() / 2) if sims.max() > 0 else np.array([int(sims.argmax())])
+        return captions[int(rng.choice(eligible))]
+
+
+class ClipStore:
+    """Cached, reduced features of an output's stimuli under OUT/clip/ (spec.json, llv_basis.npy, features.npz)."""
+
+    def __init__(self, out_url: str, featurizer: ClipFeaturizer, llv_dim: int, fit_samples: int = 2048,
+                 seed: int = 0) -> None:  # fmt: skip
+        self.root = storage.join(out_url, "clip")
+        self.featurizer, self.llv_dim, self.fit_samples, self.seed = featurizer, llv_dim, fit_samples, seed
+        self.spec: dict | None = None
+        self.basis: LlvBasis | None = None
+        self.cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if storage.exists(storage.join(self.root, "spec.json")):
+            self.spec = json.loads(storage.read_bytes(storage.join(self.root, "spec.json")))
+            if (self.spec["model"], self.spec["llv"]["dim"]) != (featurizer.name, llv_dim):
+                raise ValueError(
+                    f"{self.root} holds features of {self.spec['model']} with --llv-dim {self.spec['llv']['dim']}; "
+                    f"this pack asks for {featurizer.name} with {llv_dim}. Use the same settings, or a new --out."
+                )
+            basis = np.load(io.BytesIO(storage.read_bytes(storage.join(self.root, "llv_basis.npy"))))
+            self.basis = LlvBasis(basis, llv_dim)
+            with np.load(io.BytesIO(storage.read_bytes(storage.join(self.root, "features.npz")))) as f:
+                self.cache = dict(zip(f["ids"].tolist(), zip(f["llv"], f["hlv"], strict=True), strict=True))
+
+    def features(self, ids: Sequence[str], load: Callable[[str], tuple[np.ndarray, str]]) -> dict[str, tuple]:
+        """{id: (llv (K,), hlv (P,))} for stimulus ids; `load(id)` gives (image, text) for uncached ones."""
+        missing = sorted(set(ids) - set(self.cache))
+        if missing and self.basis is None:
+            self._fit([i for i in np.random.default_rng(self.seed).permutation(missing)][: self.fit_samples], load)
+        step = 8 * self.featurizer.batch_size
+        for start in range(0, len(missing), step):
+            chunk = missing[start : start + step]
+            llv_full, hlv = self.featurizer.encode(*zip(*(load(i) for i in chunk), strict=True))
+            for i, llv, h in zip(chunk, self.basis.reduce(llv_full), hlv, strict=True):
+                self.cache[i] = (llv.astype(np.float16), h.astype(np.float16))
+            logger.info("CLIP features: %d / %d new stimuli", min(start + step, len(missing)), len(missing))
+        if missing:
+            self._save_cache()
+        return {i: self.cache[i] for i in ids}
+
+    def _fit(self, fit_ids: list[str], load: Callable) -> None:
+        llv_full, _ = self.featurizer.encode(*zip(*(load(i) for i in fit_ids), strict=True))
+        held = max(2, len(fit_ids) // 5)  # the fidelity is measured on stimuli the basis has not seen
+        fit, test = (llv_full[held:], llv_full[:held]) if len(fit_ids) > 2 * held else (llv_full, llv_full)
+        # Round to the stored precision now, so this run and later runs reduce with the same numbers.
+        self.basis = LlvBasis(LlvBasis.fit(fit, self.llv_dim).basis.astype(np.float16), self.llv_dim)
+        r = similarity_fidelity(test, self.basis.reduce(test))
+        self.spec = {
+            "model": self.featurizer.name,
+            "llv": {"layer": "vision hidden_states[1] (first transformer layer), flattened",
+                    "full_dim": self.featurizer.llv_full_dim, "dim": self.llv_dim,
+                    "reduction": "uncentered PCA fitted on the stimuli", "fit_stimuli": len(fit),
+                    "fidelity_r": r, "fidelity_stimuli": len(test)},
+            "hlv": {"layer": "mean of projected image and text embeddings", "dim": self.featurizer.hlv_dim},
+            "postprocess": f"clip at +-{CLIP_VALUE}, L2-normalise",
+        }  # fmt: skip
+        logger.info("llv reduction %d -> %d dims: similarity r = %.4f on %d held-out stimuli",
+                    self.featurizer.llv_full_dim, self.llv_dim, r, len(test))  # fmt: skip
+        buf = io.BytesIO()
+        np.save(buf, self.basis.basis.astype(np.float16), allow_pickle=False)
+        storage.write_bytes(storage.join(self.root, "llv_basis.npy"), buf.getvalue())
+        storage.write_bytes(storage.join(self.root, "spec.json"), json.dumps(self.spec, indent=1).encode())
+
+    def _save_cache(self) -> None:
+        ids = sorted(self.cache)
+        buf = io.BytesIO()
+        np.savez(buf, ids=np.array(ids), llv=np.stack([self.cache[i][0] for i in ids]),
+                 hlv=np.stack([self.cache[i][1] for i in ids]))  # fmt: skip
+        storage.write_bytes(storage.join(self.root, "features.npz"), buf.getvalue())
