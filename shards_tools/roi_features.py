@@ -1,0 +1,88 @@
+"""ROI groups, per-session z-scoring and per-ROI PCA: how ROI datasets become (num_rois, roi_dim) tokens.
+
+Shape legend: T trials, V voxels of one ROI, K = roi_dim components.
+
+The paper (CLIP-MUSED, NSD) groups the Kastner2015 atlas into ten visual ROIs and reduces each
+to 268 PCA components fitted on the subject's training trials; ROIs with fewer voxels (or fewer
+training trials) than components are zero-padded. Statistics for z-scoring exclude test trials,
+so nothing about the test set leaks into the training inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["PAPER_GROUPS", "RoiPca", "resolve_groups", "zscore_by_session"]
+
+# Kastner2015 (Wang et al. 2015) label names of each of the paper's ten groups. MT is TO1/TO2 in
+# NSD's table (hMT/MST in the original atlas); names are matched case-insensitively.
+PAPER_GROUPS: dict[str, list[str]] = {
+    "V1": ["V1v", "V1d"], "V2": ["V2v", "V2d"], "V3": ["V3v", "V3d"], "V3ab": ["V3a", "V3b"], "hV4": ["hV4"],
+    "VO": ["VO1", "VO2"], "PHC": ["PHC1", "PHC2"], "MT": ["TO1", "TO2", "hMT", "MST"], "LO": ["LO1", "LO2"],
+    "IPS": ["IPS0", "IPS1", "IPS2", "IPS3", "IPS4", "IPS5"],
+}  # fmt: skip
+
+
+def resolve_groups(spec: str | None, ctab: dict[int, str], where: str) -> list[tuple[str, list[int]]]:
+    """[(group, atlas label indices)] in token order.
+
+    Args:
+        spec: None for the paper's ten groups; a comma list of group names ("V1,V2,LO") and/or custom
+            groups "NAME=label+label" over the atlas' own names ("ventral=VO1+VO2+PHC1").
+        where: the label table's path, quoted in errors.
+    """
+    by_name = {name.lower(): index for index, name in ctab.items()}
+    items = [s.strip() for s in (spec or ",".join(PAPER_GROUPS)).split(",") if s.strip()]
+    groups = []
+    for item in items:
+        name, sep, members = item.partition("=")
+        if sep:
+            labels = members.split("+")
+        elif name in PAPER_GROUPS:
+            labels = PAPER_GROUPS[name]
+        else:
+            raise ValueError(f"--roi-groups: unknown ROI group {name!r}. Known groups: {', '.join(PAPER_GROUPS)}; "
+                             "or define one as NAME=label+label with names from the atlas table.")  # fmt: skip
+        found = [by_name[label.lower()] for label in labels if label.lower() in by_name]
+        unknown = [label for label in labels if label.lower() not in by_name]
+        if sep and unknown:
+            raise ValueError(f"--roi-groups: {unknown} of group {name!r} are not in {where} "
+                             f"(it has {', '.join(ctab.values())}).")  # fmt: skip
+        if not found:
+            raise ValueError(f"ROI group {name!r}: none of {labels} is in {where}; pick groups this atlas has.")
+        groups.append((name, found))
+    return groups
+
+
+def zscore_by_session(data_TV: np.ndarray, session_T: np.ndarray, fit_T: np.ndarray) -> np.ndarray:
+    """Z-score each voxel within each session, with mean and std from the session's `fit_T` trials only."""
+    out = np.empty_like(data_TV, dtype=np.float32)
+    for session in np.unique(session_T):
+        rows = session_T == session
+        ref = data_TV[rows & fit_T] if (rows & fit_T).any() else data_TV[rows]
+        mean, std = ref.mean(0), ref.std(0)
+        out[rows] = (data_TV[rows] - mean) / np.where(std > 0, std, 1.0)
+    return out
+
+
+@dataclass
+class RoiPca:
+    """PCA of one ROI's voxels, fitted on training trials; transform gives exactly `dim` columns."""
+
+    mean_V: np.ndarray
+    components_KV: np.ndarray
+    dim: int
+
+    @classmethod
+    def fit(cls, train_TV: np.ndarray, dim: int) -> RoiPca:
+        mean = train_TV.mean(0)
+        _, _, vt = np.linalg.svd(train_TV - mean, full_matrices=False)
+        return cls(mean.astype(np.float32), vt[:dim].astype(np.float32), dim)
+
+    def transform(self, data_TV: np.ndarray) -> np.ndarray:
+        scores = (data_TV - self.mean_V) @ self.components_KV.T
+        out = np.zeros((data_TV.shape[0], self.dim), dtype=np.float32)
+        out[:, : scores.shape[1]] = scores  # fewer voxels or trials than dim: zero-padded
+        return out
