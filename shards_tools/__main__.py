@@ -2,6 +2,8 @@
 
 Verbs (each a module with add_arguments(parser) and run(args) -> exit code):
     synth    write the simulated cohort in the real NSD / HCP / BIDS layouts, with a tiny CLIP
+    pack-nsd NSD single-trial betas -> ROI-token shards with COCO labels and cached CLIP features
+    pack-hcp HCP 7T movie runs -> brain-masked volume shards with WordNet labels and CLIP frame features
     verify   check every shard against the manifest and the schema; exit 1 naming every bad shard
     inspect  per-subject and per-split counts, classes and bytes per sample
 """
@@ -15,6 +17,8 @@ import sys
 
 VERBS = {
     "synth": "shards_tools.synth.cli",
+    "pack-nsd": "shards_tools.pack_nsd",
+    "pack-hcp": "shards_tools.pack_hcp",
     "verify": "shards_tools.verify",
     "inspect": "shards_tools.inspect_shards",
 }
@@ -42,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
             p.set_defaults(run=module.run)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

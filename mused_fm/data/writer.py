@@ -121,6 +121,7 @@ class DatasetWriter:
 
     def subject(self, subject_id: str, fingerprint: dict[str, Any]) -> SubjectWriter | None:
         """A writer for one subject, or None when it is already packed with the same fingerprint."""
+        fingerprint = json.loads(json.dumps(fingerprint))  # compare as stored: tuples become lists
         if not subject_id.startswith(f"{self.info.dataset}/"):
             raise ShardSchemaError(f"subject id {subject_id!r} must start with '{self.info.dataset}/'.")
         part_url = storage.join(self.out, "parts", f"{subject_name(subject_id)}.json")

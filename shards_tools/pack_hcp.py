@@ -1,0 +1,178 @@
+"""pack-hcp: HCP 7T movie runs -> brain-masked volume shards with WordNet labels and CLIP frame features.
+
+    python -m shards_tools pack-hcp --root HCP_ROOT --subjects 100610,102311 \\
+        --clip-model openai/clip-vit-base-patch16 --out s3://bucket/shards/hcp [--resources RES_DIR]
+
+Per subject: the four runs (MOVIE1 AP, MOVIE2 PA, MOVIE3 PA, MOVIE4 AP, *_hp2000_clean.nii.gz), cropped
+[2:, 4:-5, :-2] (--crop) to 111 x 127 x 111; a brain mask (voxels that are non-zero and vary in every
+run); per-subject normalisation: each run's mean removed, then each voxel scaled by its standard
+deviation over the subject's training seconds; a 4-TR hemodynamic delay (--delay): second t of the
+movie is decoded from volume t + 4; rest blocks dropped with the clip timing of the subject's stimulus
+version (V1/V2); test = movie 4 without its final, repeated clip; validation = whole clips of movies
+1-3 (seeded), so neighbouring seconds never straddle splits. Labels: WordNet categories whose
+frequency over all clip seconds exceeds --label-threshold (0.1), recorded in the manifest. CLIP: the
+middle frame of each second, decoded from the subject's version of the movie; text = that second's
+WordNet label names. bold is the masked vector as float16 (the mask is in preproc/<subject>.npz):
+about 22% of the float32 volume's bytes for an MNI brain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
+from mused_fm.data.writer import DatasetInfo, DatasetWriter
+from shards_tools.clip_features import ClipFeaturizer, ClipStore
+from shards_tools.hcp_files import MOVIES, HcpResources, read_frames, run_path
+
+__all__ = ["add_arguments", "parse_crop", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", required=True, type=Path, help="HCP release root with {subject}/MNINonLinear/...")
+    p.add_argument("--subjects", required=True, help="comma list, e.g. 100610,102311")
+    p.add_argument("--clip-model", required=True, help="CLIP folder or hub id (transformers)")
+    p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
+    p.add_argument("--resources", type=Path, default=None, help="7T movie resources (default ROOT/7T_movie_resources)")
+    p.add_argument("--movie-version", choices=("V1", "V2"), default=None, help="for subjects in neither list")
+    p.add_argument("--crop", default="2:,4:-5,:-2", help="numpy crop of the 113x136x113 grid (CLIP-MUSED's)")
+    p.add_argument("--delay", type=int, default=4, help="hemodynamic delay in TRs (1 TR = 1 s)")
+    p.add_argument("--label-threshold", type=float, default=0.1, help="keep categories more frequent than this")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of movie 1-3 clips held for validation")
+    p.add_argument("--llv-dim", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--maxcount", type=int, default=500, help="samples per shard")
+    p.add_argument("--batch-size", type=int, default=32, help="CLIP batch size")
+    p.add_argument("--device", default="cpu", help="CLIP device")
+
+
+def parse_crop(text: str) -> tuple[slice, slice, slice]:
+    """'2:,4:-5,:-2' -> three slices."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3:
+        raise ValueError(f"--crop {text!r}: expected three comma-separated slices such as 2:,4:-5,:-2.")
+    return tuple(slice(*[int(v) if v.strip() else None for v in p.split(":")]) for p in parts)
+
+
+def seconds_by_split(resources: HcpResources, version: str, delay: int, lengths: dict[int, int], rng, frac: float):
+    """{run: [(second, split)]}: clip seconds whose delayed volume exists, with their split.
+
+    The last clip of every run is the repeated validation clip: in movie 4 it is left out (test is
+    movie 4 without it), in movies 1-3 it is training data. Validation takes whole regular clips of
+    movies 1-3 (about `frac` of them, seeded), so neighbouring seconds never straddle two splits.
+    """
+    clips = {run: [b for b in resources.timing(run, version) if not b.is_rest] for run in MOVIES}
+    regular = [(run, b.label) for run in (1, 2, 3) for b in clips[run][:-1]]
+    n_val = max(1, round(frac * len(regular))) if frac > 0 else 0
+    held = {regular[i] for i in rng.choice(len(regular), size=n_val, replace=False)}
+    out: dict[int, list[tuple[int, str]]] = {}
+    for run, blocks in clips.items():
+        rows = []
+        for block in blocks if run < 4 else blocks[:-1]:
+            split = "test" if run == 4 else "val" if (run, block.label) in held else "train"
+            rows += [(int(s), split) for s in block.seconds() if s + delay < lengths[run]]
+        out[run] = rows
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    resources = HcpResources(args.resources or args.root / "7T_movie_resources")
+    versions = resources.versions()
+    wordnet, synsets = resources.wordnet()
+    subjects = [s.strip() for s in args.subjects.split(",") if s.strip()]
+    unknown = [s for s in subjects if s not in versions and args.movie_version is None]
+    if unknown:
+        raise ValueError(f"subjects {unknown} are in neither HCP_7T_movie_V1/V2_ReleasedSubjs.csv; say which movie "
+                         "version they saw with --movie-version V1|V2.")  # fmt: skip
+    clip_seconds = np.concatenate([np.concatenate([b.seconds() for b in resources.timing(r, "V2") if not b.is_rest])
+                                   for r in MOVIES])  # fmt: skip
+    frequency = np.concatenate([wordnet[r][[s for s in clip_seconds if s < len(wordnet[r])]] for r in MOVIES]).mean(0)
+    keep = np.flatnonzero(frequency > args.label_threshold)
+    classes = [synsets[i] for i in keep]
+    crop = parse_crop(args.crop)
+    featurizer = ClipFeaturizer(args.clip_model, args.batch_size, args.device)
+    store = ClipStore(args.out, featurizer, args.llv_dim, seed=args.seed)
+    writer = None
+    for subject in subjects:
+        version = versions.get(subject, args.movie_version)
+        paths = {r: run_path(args.root, subject, r) for r in MOVIES}  # all four runs exist before any work
+        volumes, mask, lengths = _load_runs(paths, crop)
+        rng = np.random.default_rng([args.seed, int(subject) if subject.isdigit() else 0])
+        plan = seconds_by_split(resources, version, args.delay, lengths, rng, args.val_fraction)
+        features = _features(store, resources, version, plan, wordnet, synsets)
+        if writer is None:
+            info = DatasetInfo(
+                dataset="hcp", kind="volume", classes=classes, clip=store.spec, llv_dim=args.llv_dim,
+                hlv_dim=featurizer.hlv_dim, volume_shape=list(mask.shape),
+                extra={"crop": args.crop, "delay": args.delay, "label_threshold": args.label_threshold,
+                       "label_frequency": [float(frequency[i]) for i in keep], "storage": "brain mask + float16",
+                       "normalisation": "run mean removed; voxel std over the subject's training seconds",
+                       "val_fraction": args.val_fraction, "seed": args.seed},
+            )  # fmt: skip
+            writer = DatasetWriter(args.out, info, maxcount=args.maxcount, tool="shards_tools pack-hcp")
+        fingerprint = {"version": version, "crop": args.crop, "delay": args.delay, "classes": classes,
+                       "val_fraction": args.val_fraction, "seed": args.seed}  # fmt: skip
+        sub = writer.subject(f"hcp/{subject}", fingerprint)
+        if sub is None:
+            continue
+        train = [(r, s + args.delay) for r, rows in plan.items() for s, split in rows if split == "train"]
+        std = np.concatenate([volumes[r][[t for rr, t in train if rr == r]] for r in MOVIES]).std(0)
+        std = np.where(std > 0, std, 1.0)
+        with sub:
+            sub.save_preproc({"mask": mask, "std": std.astype(np.float32)})
+            for r, rows in plan.items():
+                for second, split in rows:
+                    bold = (volumes[r][second + args.delay] / std).astype(np.float16)
+                    llv, hlv = features[f"hcp-{version}-{r}-{second:04d}"]
+                    meta = {"dataset": "hcp", "subject": f"hcp/{subject}", "site": "hcp",
+                            "stimulus": f"{MOVIES[r][0]}-{version}-t{second:04d}", "split": split,
+                            "unit": f"run{r}", "index": second, "schema": SCHEMA_VERSION}  # fmt: skip
+                    sub.add(Sample(sample_key("hcp", subject, f"run{r}", second), bold, llv, hlv,
+                                   wordnet[r][second, keep].astype(np.uint8), meta))  # fmt: skip
+    manifest = writer.finish()
+    print(f"{args.out}: {sum(s['count'] for s in manifest['shards'])} samples of {len(manifest['subjects'])} HCP "
+          f"subjects, {len(classes)} classes kept of {len(synsets)}")  # fmt: skip
+    return 0
+
+
+def _load_runs(paths: dict[int, Path], crop) -> tuple[dict[int, np.ndarray], np.ndarray, dict[int, int]]:
+    """({run: T x voxels float32 with the run mean removed}, mask over the cropped grid, {run: T})."""
+    import nibabel as nib
+
+    cropped = {}
+    for r, path in paths.items():
+        data = np.asarray(nib.load(path).dataobj, dtype=np.float32)[(*crop, slice(None))]
+        if not np.isfinite(data).all():
+            raise ValueError(f"{path}: NaN or infinite values; the file is damaged, download it again.")
+        cropped[r] = data
+    shapes = {d.shape[:3] for d in cropped.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"runs of one subject have different grids {sorted(shapes)}: {list(paths.values())}")
+    mask = np.logical_and.reduce([(d != 0).all(-1) & (d.std(-1) > 0) for d in cropped.values()])
+    runs = {r: d[mask].T - d[mask].T.mean(0) for r, d in cropped.items()}  # T x voxels
+    return runs, mask, {r: d.shape[0] for r, d in runs.items()}
+
+
+def _features(store: ClipStore, resources: HcpResources, version: str, plan, wordnet, synsets) -> dict:
+    ids, loaders = [], {}
+    for r, rows in plan.items():
+        seconds = np.array([s for s, _ in rows])
+        ids += [f"hcp-{version}-{r}-{s:04d}" for s in seconds]
+        loaders[r] = (resources.movie(r, version), seconds)
+    frames: dict[int, dict[int, np.ndarray]] = {}
+
+    def load(stim: str) -> tuple[np.ndarray, str]:
+        _, _, r, s = stim.split("-")
+        r, s = int(r), int(s)
+        if r not in frames:  # decode a movie once, on first need
+            frames[r] = read_frames(*loaders[r])
+        words = [synsets[i].split(".")[0].replace("_", " ") for i in np.flatnonzero(wordnet[r][s])]
+        return frames[r][s], ", ".join(words) or "nothing"
+
+    return store.features(ids, load)

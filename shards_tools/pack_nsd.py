@@ -1,0 +1,196 @@
+"""pack-nsd: NSD single-trial betas -> ROI-token shards with COCO labels and cached CLIP features.
+
+    python -m shards_tools pack-nsd --root NSD_ROOT --subjects subj01,subj02 \\
+        --clip-model openai/clip-vit-base-patch16 --out s3://bucket/shards/nsd
+
+Per subject: every betas_sessionNN present (.nii.gz, or .hdf5 in MATLAB axis order; the log says
+which were read and which are missing), int16 / 300; trial -> image through nsd_expdesign.mat; test
+= the shared-1000 trials; a seeded validation split of the other images (an image's repeats stay in
+one split); z-score per session with statistics from non-test trials; the paper's ten Kastner2015
+ROI groups (--roi-groups to change); per-ROI PCA fitted on training trials to --roi-dim (268),
+zero-padded; optional averaging of repeats. Labels: the 80 COCO categories in COCO's canonical order
+(by category id, which has gaps); text for the high-level feature: one caption chosen as in the
+paper. One sample per trial (or per image and split with --average-repeats):
+bold (rois, roi_dim) float16, clip_llv (--llv-dim), clip_hlv, labels (80), meta.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
+from mused_fm.data.writer import DatasetInfo, DatasetWriter
+from shards_tools.clip_features import ClipFeaturizer, ClipStore
+from shards_tools.nsd_files import NsdLayout, read_session_betas
+from shards_tools.roi_features import RoiPca, resolve_groups, zscore_by_session
+
+__all__ = ["add_arguments", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", required=True, type=Path, help="NSD release root (holds nsddata/, nsddata_betas/, ...)")
+    p.add_argument("--subjects", required=True, help="comma list, e.g. subj01,subj02")
+    p.add_argument("--clip-model", required=True, help="CLIP folder or hub id (transformers)")
+    p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
+    p.add_argument(
+        "--atlas", default="Kastner2015", help="ROI atlas under roi/ with its .mgz.ctab (default Kastner2015)"
+    )
+    p.add_argument("--roi-groups", default=None, help="default: the paper's V1,V2,V3,V3ab,hV4,VO,PHC,MT,LO,IPS")
+    p.add_argument("--roi-dim", type=int, default=268, help="PCA components per ROI (paper: 268)")
+    p.add_argument("--llv-dim", type=int, default=1024, help="reduced low-level CLIP width (default 1024)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of non-test images held for validation")
+    p.add_argument("--average-repeats", action="store_true", help="one sample per image and split (mean of repeats)")
+    p.add_argument("--space", default="func1pt8mm")
+    p.add_argument("--betas", default="betas_fithrf_GLMdenoise_RR", help="beta version folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--maxcount", type=int, default=1000, help="samples per shard")
+    p.add_argument("--batch-size", type=int, default=32, help="CLIP batch size")
+    p.add_argument("--device", default="cpu", help="CLIP device")
+
+
+def coco_tables(layout: NsdLayout) -> tuple[list[str], dict[int, set[int]], dict[int, list[str]]]:
+    """(80 class names by category id, {cocoId: category indices}, {cocoId: captions}) over train+val."""
+    categories: dict[int, str] = {}
+    labels: dict[int, set[int]] = {}
+    captions: dict[int, list[str]] = {}
+    instances = [layout.coco("instances", split) for split in ("train2017", "val2017")]
+    for data in instances:
+        categories.update({c["id"]: c["name"] for c in data["categories"]})
+    order = {cid: i for i, cid in enumerate(sorted(categories))}  # canonical order: by id (ids 1..90 have gaps)
+    for data in instances:
+        for ann in data["annotations"]:
+            labels.setdefault(ann["image_id"], set()).add(order[ann["category_id"]])
+    for split in ("train2017", "val2017"):
+        for ann in layout.coco("captions", split)["annotations"]:
+            captions.setdefault(ann["image_id"], []).append(ann["caption"].strip())
+    return [categories[c] for c in sorted(categories)], labels, captions
+
+
+def subject_trials(layout: NsdLayout, subject: str, design: dict, sessions: dict[int, Path], trials: int):
+    """(session, global trial index, nsdId, is_test) per trial of the sessions present, in order."""
+    order, subjectim = design["masterordering"].ravel(), design["subjectim"]
+    n_shared = design["sharedix"].size
+    rows = []
+    for session in sessions:
+        t = (session - 1) * trials + np.arange(trials)
+        if t[-1] >= order.size:
+            raise ValueError(f"{sessions[session]}: session {session} x {trials} trials goes past the "
+                             f"{order.size} trials of nsd_expdesign.mat masterordering.")  # fmt: skip
+        image = subjectim[int(subject[-2:]) - 1, order[t] - 1] - 1
+        rows.append(np.stack([np.full(trials, session), t, image, order[t] <= n_shared], axis=1))
+    return np.concatenate(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    layout = NsdLayout(args.root, args.space, args.betas)
+    subjects = [s.strip() for s in args.subjects.split(",") if s.strip()]
+    design, stim_info = layout.expdesign(), layout.stim_info()
+    classes, coco_labels, coco_captions = coco_tables(layout)
+    featurizer = ClipFeaturizer(args.clip_model, args.batch_size, args.device)
+    store = ClipStore(args.out, featurizer, args.llv_dim, seed=args.seed)
+
+    prepared = {s: _prepare(layout, s, design, args) for s in subjects}  # read and check every subject first
+    images = sorted({int(i) for p in prepared.values() for i in p["trials"][:, 2]})
+    with h5py.File(layout.stimuli_path(), "r") as h5:
+
+        def load(stim: str) -> tuple[np.ndarray, str]:
+            nsd_id = int(stim.removeprefix("nsd"))
+            image = h5["imgBrick"][nsd_id]
+            caps = coco_captions.get(stim_info[nsd_id][0]) or [" "]
+            return image, featurizer.pick_caption(image, caps, np.random.default_rng([args.seed, nsd_id]))
+
+        features = store.features([f"nsd{i:05d}" for i in images], load)
+
+    info = DatasetInfo(
+        dataset="nsd", kind="roi", classes=classes, clip=store.spec, llv_dim=args.llv_dim,
+        hlv_dim=featurizer.hlv_dim, roi_dim=args.roi_dim,
+        rois=[{"name": g, "labels": lab} for g, lab in next(iter(prepared.values()))["group_names"]],
+        extra={"atlas": args.atlas, "betas": args.betas, "space": args.space, "beta_scale": 300,
+               "zscore": "per session and voxel, statistics from non-test trials",
+               "val_fraction": args.val_fraction, "average_repeats": args.average_repeats, "seed": args.seed},
+    )  # fmt: skip
+    writer = DatasetWriter(args.out, info, maxcount=args.maxcount, tool="shards_tools pack-nsd")
+    for subject, prep in prepared.items():
+        _write_subject(writer, f"nsd/{subject}", prep, features, coco_labels, stim_info, len(classes), args)
+    manifest = writer.finish()
+    total = sum(s["count"] for s in manifest["shards"])
+    print(f"{args.out}: {total} samples of {len(manifest['subjects'])} NSD subjects; "
+          f"llv similarity r = {store.spec['llv']['fidelity_r']:.4f}")  # fmt: skip
+    return 0
+
+
+def _prepare(layout: NsdLayout, subject: str, design: dict, args: argparse.Namespace) -> dict:
+    sessions = layout.sessions(subject)
+    labels_vol, ctab, roi_path = layout.roi(subject, args.atlas)
+    groups = resolve_groups(args.roi_groups, ctab, f"{args.atlas}.mgz.ctab")
+    voxels = [np.flatnonzero(np.isin(labels_vol, lab)) for _, lab in groups]
+    empty = [g for (g, _), v in zip(groups, voxels, strict=True) if v.size == 0]
+    if empty:
+        raise ValueError(f"{roi_path}: ROI groups {empty} have no voxels in {subject}; drop them with --roi-groups.")
+    data = [read_session_betas(path, labels_vol.shape, np.concatenate(voxels)) for path in sessions.values()]
+    counts = {d.shape[0] for d in data}
+    if len(counts) != 1:
+        raise ValueError(f"{subject}: sessions hold different trial counts {sorted(counts)}; NSD sessions hold 750.")
+    trials = subject_trials(layout, subject, design, sessions, counts.pop())
+    all_sessions = range(1, max(sessions) + 1)
+    missing = [s for s in all_sessions if s not in sessions]
+    logger.info("%s: read sessions %s%s", subject, list(sessions), f"; missing {missing}" if missing else "")
+    return {"sessions": list(sessions), "data": np.concatenate(data), "trials": trials, "voxels": voxels,
+            "group_names": [(g, [ctab[i] for i in lab]) for g, lab in groups]}  # fmt: skip
+
+
+def _write_subject(writer, subject_id, prep, features, coco_labels, stim_info, num_classes, args) -> None:
+    fingerprint = {
+        "sessions": prep["sessions"],
+        "rois": prep["group_names"],
+        "roi_dim": args.roi_dim,
+        "val_fraction": args.val_fraction,
+        "average_repeats": args.average_repeats,
+        "seed": args.seed,
+    }
+    sub = writer.subject(subject_id, fingerprint)
+    if sub is None:
+        return
+    trials, data = prep["trials"], prep["data"]
+    test = trials[:, 3].astype(bool)
+    rng = np.random.default_rng([args.seed, int(subject_id[-2:])])
+    train_images = np.unique(trials[~test, 2])
+    val_images = rng.choice(train_images, size=round(args.val_fraction * train_images.size), replace=False)
+    split = np.where(test, "test", np.where(np.isin(trials[:, 2], val_images), "val", "train"))
+    data = zscore_by_session(data, trials[:, 0], ~test)
+    bounds = np.cumsum([0] + [v.size for v in prep["voxels"]])
+    spans = list(itertools.pairwise(bounds))  # each ROI's columns in `data`
+    pcas = [RoiPca.fit(data[split == "train", a:b], args.roi_dim) for a, b in spans]
+    bold = np.stack([p.transform(data[:, a:b]) for p, (a, b) in zip(pcas, spans, strict=True)], axis=1)
+    sub.save_preproc(
+        {
+            f"{k}_{i}": v
+            for i, p in enumerate(pcas)
+            for k, v in (("mean", p.mean_V), ("components", p.components_KV), ("voxels", prep["voxels"][i]))
+        }
+    )
+    rows = [(f"s{s:02d}", int(t), [i]) for i, (s, t) in enumerate(trials[:, :2])]
+    if args.average_repeats:  # one sample per (split, image): the mean of its repeats
+        keys = {}
+        for i, (name, image) in enumerate(zip(split, trials[:, 2], strict=True)):
+            keys.setdefault((name, int(image)), []).append(i)
+        rows = [("avg", image, idx) for (_, image), idx in sorted(keys.items(), key=lambda kv: kv[1][0])]
+    with sub:
+        for unit, index, idx in rows:
+            nsd_id = int(trials[idx[0], 2])
+            llv, hlv = features[f"nsd{nsd_id:05d}"]
+            labels = np.zeros(num_classes, dtype=np.uint8)
+            labels[list(coco_labels.get(stim_info[nsd_id][0], ()))] = 1
+            meta = {"dataset": "nsd", "subject": subject_id, "site": "nsd", "stimulus": f"nsd{nsd_id:05d}",
+                    "split": str(split[idx[0]]), "unit": unit, "index": index, "schema": SCHEMA_VERSION,
+                    "trials": [int(trials[i, 1]) for i in idx]}  # fmt: skip
+            sub.add(Sample(sample_key("nsd", subject_id, unit, index), bold[idx].mean(0).astype(np.float16),
+                           llv, hlv, labels, meta))  # fmt: skip
