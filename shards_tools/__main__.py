@@ -4,6 +4,7 @@ Verbs (each a module with add_arguments(parser) and run(args) -> exit code):
     synth    write the simulated cohort in the real NSD / HCP / BIDS layouts, with a tiny CLIP
     pack-nsd NSD single-trial betas -> ROI-token shards with COCO labels and cached CLIP features
     pack-hcp HCP 7T movie runs -> brain-masked volume shards with WordNet labels and CLIP frame features
+    pack-bids a new site from a BIDS dataset -> volume (or ROI) shards with the site's labels and CLIP features
     verify   check every shard against the manifest and the schema; exit 1 naming every bad shard
     inspect  per-subject and per-split counts, classes and bytes per sample
 """
@@ -19,6 +20,7 @@ VERBS = {
     "synth": "shards_tools.synth.cli",
     "pack-nsd": "shards_tools.pack_nsd",
     "pack-hcp": "shards_tools.pack_hcp",
+    "pack-bids": "shards_tools.pack_bids",
     "verify": "shards_tools.verify",
     "inspect": "shards_tools.inspect_shards",
 }

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["NsdLayout", "NsdMissingError", "read_ctab"]
+__all__ = ["NsdLayout", "NsdMissingError", "betas_grid", "read_ctab", "read_session_betas"]
 
 BETA_SCALE = 300.0  # NSD stores betas as int16 percent signal change x 300
 
@@ -112,6 +112,18 @@ class NsdLayout:
         ctab = self._need(self.root / f"nsddata/freesurfer/fsaverage/label/{atlas}.mgz.ctab",
                           f"the {atlas} label names")  # fmt: skip
         return np.asarray(nib.load(path).dataobj).astype(np.int64), read_ctab(ctab), path
+
+
+def betas_grid(path: Path) -> tuple[int, int, int]:
+    """(X, Y, Z) of a session file from its header (an .hdf5 written by MATLAB shows T x Z x Y x X)."""
+    if path.name.endswith(".hdf5"):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return tuple(int(n) for n in f["betas"].shape[1:][::-1])
+    import nibabel as nib
+
+    return tuple(int(n) for n in nib.load(path).shape[:3])
 
 
 def read_session_betas(path: Path, grid: tuple[int, int, int], voxels: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
 from mused_fm.data.writer import DatasetInfo, DatasetWriter
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
 from shards_tools.hcp_files import MOVIES, HcpResources, read_frames, run_path
+from shards_tools.volumes import load_masked_runs, train_std
 
 __all__ = ["add_arguments", "parse_crop", "run"]
 
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     for subject in subjects:
         version = versions.get(subject, args.movie_version)
         paths = {r: run_path(args.root, subject, r) for r in MOVIES}  # all four runs exist before any work
-        volumes, mask, lengths = _load_runs(paths, crop)
+        volumes, mask, lengths = load_masked_runs(paths, crop)
         rng = np.random.default_rng([args.seed, int(subject) if subject.isdigit() else 0])
         plan = seconds_by_split(resources, version, args.delay, lengths, rng, args.val_fraction)
         features = _features(store, resources, version, plan, wordnet, synsets)
@@ -121,11 +122,11 @@ def run(args: argparse.Namespace) -> int:
         sub = writer.subject(f"hcp/{subject}", fingerprint)
         if sub is None:
             continue
-        train = [(r, s + args.delay) for r, rows in plan.items() for s, split in rows if split == "train"]
-        std = np.concatenate([volumes[r][[t for rr, t in train if rr == r]] for r in MOVIES]).std(0)
-        std = np.where(std > 0, std, 1.0)
+        std = train_std(
+            volumes, {r: [s + args.delay for s, split in rows if split == "train"] for r, rows in plan.items()}
+        )
         with sub:
-            sub.save_preproc({"mask": mask, "std": std.astype(np.float32)})
+            sub.save_preproc({"mask": mask, "std": std})
             for r, rows in plan.items():
                 for second, split in rows:
                     bold = (volumes[r][second + args.delay] / std).astype(np.float16)
@@ -139,24 +140,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.out}: {sum(s['count'] for s in manifest['shards'])} samples of {len(manifest['subjects'])} HCP "
           f"subjects, {len(classes)} classes kept of {len(synsets)}")  # fmt: skip
     return 0
-
-
-def _load_runs(paths: dict[int, Path], crop) -> tuple[dict[int, np.ndarray], np.ndarray, dict[int, int]]:
-    """({run: T x voxels float32 with the run mean removed}, mask over the cropped grid, {run: T})."""
-    import nibabel as nib
-
-    cropped = {}
-    for r, path in paths.items():
-        data = np.asarray(nib.load(path).dataobj, dtype=np.float32)[(*crop, slice(None))]
-        if not np.isfinite(data).all():
-            raise ValueError(f"{path}: NaN or infinite values; the file is damaged, download it again.")
-        cropped[r] = data
-    shapes = {d.shape[:3] for d in cropped.values()}
-    if len(shapes) != 1:
-        raise ValueError(f"runs of one subject have different grids {sorted(shapes)}: {list(paths.values())}")
-    mask = np.logical_and.reduce([(d != 0).all(-1) & (d.std(-1) > 0) for d in cropped.values()])
-    runs = {r: d[mask].T - d[mask].T.mean(0) for r, d in cropped.items()}  # T x voxels
-    return runs, mask, {r: d.shape[0] for r, d in runs.items()}
 
 
 def _features(store: ClipStore, resources: HcpResources, version: str, plan, wordnet, synsets) -> dict:

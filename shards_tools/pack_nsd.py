@@ -27,7 +27,7 @@ import numpy as np
 from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
 from mused_fm.data.writer import DatasetInfo, DatasetWriter
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
-from shards_tools.nsd_files import NsdLayout, read_session_betas
+from shards_tools.nsd_files import NsdLayout, betas_grid, read_session_betas
 from shards_tools.roi_features import RoiPca, resolve_groups, zscore_by_session
 
 __all__ = ["add_arguments", "run"]
@@ -130,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
 def _prepare(layout: NsdLayout, subject: str, design: dict, args: argparse.Namespace) -> dict:
     sessions = layout.sessions(subject)
     labels_vol, ctab, roi_path = layout.roi(subject, args.atlas)
+    first = next(iter(sessions.values()))
+    if betas_grid(first) != labels_vol.shape:
+        raise ValueError(f"{first}: betas grid {betas_grid(first)} differs from the ROI grid {labels_vol.shape} of "
+                         f"{roi_path}; use ROI volumes of the betas' space (--space {args.space}).")  # fmt: skip
     groups = resolve_groups(args.roi_groups, ctab, f"{args.atlas}.mgz.ctab")
     voxels = [np.flatnonzero(np.isin(labels_vol, lab)) for _, lab in groups]
     empty = [g for (g, _), v in zip(groups, voxels, strict=True) if v.size == 0]

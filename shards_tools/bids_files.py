@@ -1,0 +1,95 @@
+"""Readers of a BIDS dataset as BIDS defines it: bold runs, inherited sidecars, events, and the labels table.
+
+sub-<label>/[ses-<label>/]func/sub-<label>[_ses-<label>]_task-<label>[_run-<n>]_bold.nii[.gz]
+..._events.tsv           onset, duration (seconds), stim_file (a path under stimuli/)
+..._bold.json            RepetitionTime; by the inheritance principle it may also sit higher up
+                         (e.g. task-<label>_bold.json at the root), the nearest file winning per key
+stimuli/<stim_file>      the images shown
+LABELS.tsv (ours)        stim_file, labels ('a;b;c'), optional caption
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["BoldRun", "find_runs", "read_events", "read_labels", "repetition_time"]
+
+_ENTITY = re.compile(r"([a-zA-Z]+)-([a-zA-Z0-9]+)")
+
+
+def _entities(name: str) -> dict[str, str]:
+    return dict(_ENTITY.findall(name.split(".")[0]))
+
+
+@dataclass
+class BoldRun:
+    subject: str
+    """'sub-01'"""
+    path: Path
+    events: Path
+
+    @property
+    def unit(self) -> str:
+        """'ses-1_task-images_run-1': the run's entities after the subject, for sample keys."""
+        ent = _entities(self.path.name)
+        return "_".join(f"{k}-{v}" for k, v in ent.items() if k != "sub") or "run"
+
+
+def find_runs(root: Path, subjects: list[str] | None) -> dict[str, list[BoldRun]]:
+    """{'sub-01': [BoldRun, ...]} for every bold run with an events file, in name order."""
+    found = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
+    if not found:
+        raise FileNotFoundError(f"{root} holds no sub-* folders: --root must be the BIDS dataset root.")
+    wanted = subjects or found
+    missing = [s for s in wanted if s not in found]
+    if missing:
+        raise FileNotFoundError(f"{root} has no {missing}; it has {', '.join(found)}.")
+    runs: dict[str, list[BoldRun]] = {}
+    for subject in wanted:
+        bolds = sorted((root / subject).glob("**/func/*_bold.nii*"))
+        if not bolds:
+            raise FileNotFoundError(f"{root / subject} holds no func/*_bold.nii[.gz] files.")
+        for bold in bolds:
+            events = bold.with_name(re.sub(r"_bold\.nii(\.gz)?$", "_events.tsv", bold.name))
+            if not events.exists():
+                raise FileNotFoundError(f"{events} is missing: every bold run needs its _events.tsv.")
+            runs.setdefault(subject, []).append(BoldRun(subject, bold, events))
+    return runs
+
+
+def repetition_time(root: Path, bold: Path) -> float:
+    """RepetitionTime from the sidecars that apply to `bold`, nearest last (BIDS inheritance principle)."""
+    ent = _entities(bold.name)
+    merged: dict = {}
+    folders = [bold.parent, *bold.parent.parents]
+    for folder in reversed([f for f in folders if f == root or root in f.parents]):
+        for sidecar in sorted(folder.glob("*_bold.json")):
+            if all(ent.get(k) == v for k, v in _entities(sidecar.name).items()):
+                merged.update(json.loads(sidecar.read_text()))
+    if "RepetitionTime" not in merged:
+        raise ValueError(f"no RepetitionTime for {bold}: add it to {bold.name.split('.')[0]}.json or an inherited "
+                         f"task-{ent.get('task', '<label>')}_bold.json at the dataset root.")  # fmt: skip
+    return float(merged["RepetitionTime"])
+
+
+def read_events(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    needed = {"onset", "duration", "stim_file"}
+    if rows and not needed <= set(rows[0]):
+        raise ValueError(f"{path}: columns {sorted(needed - set(rows[0]))} are missing (has {list(rows[0])}).")
+    return rows
+
+
+def read_labels(path: Path) -> dict[str, tuple[list[str], str]]:
+    """{stim_file: (class names, caption)} from LABELS.tsv."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    if not rows or not {"stim_file", "labels"} <= set(rows[0]):
+        raise ValueError(f"{path}: expected a tab-separated header with stim_file, labels and optionally caption.")
+    return {r["stim_file"]: ([x.strip() for x in r["labels"].split(";") if x.strip()], (r.get("caption") or "").strip())
+            for r in rows}  # fmt: skip

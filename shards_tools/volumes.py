@@ -1,0 +1,51 @@
+"""4D runs -> brain-masked time series, as volume datasets (HCP, BIDS sites) store them.
+
+Shape legend: T volumes of a run, V voxels inside the mask, X/Y/Z the (cropped) grid.
+
+The mask keeps voxels that are non-zero and vary in every run of the subject (preprocessed releases
+are zero outside the brain); samples store the masked vector as float16 and preproc/<subject>.npz
+the mask, so the volume can be rebuilt. Each run's mean is removed (run baselines differ); the
+per-voxel scale comes from the subject's training samples only (`train_std`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["load_masked_runs", "train_std"]
+
+
+def load_masked_runs(paths: dict, crop: tuple[slice, ...] = (slice(None),) * 3):
+    """({run: (T, V) float32, run mean removed}, mask (X, Y, Z) bool, {run: T}) of one subject's runs."""
+    import nibabel as nib
+
+    cropped = {}
+    for run, path in paths.items():
+        data = np.asarray(nib.load(Path(path)).dataobj, dtype=np.float32)
+        if data.ndim != 4:
+            raise ValueError(f"{path}: expected a 4D run (X, Y, Z, T), got shape {data.shape}.")
+        data = data[(*crop, slice(None))]
+        if not np.isfinite(data).all():
+            raise ValueError(f"{path}: NaN or infinite values; the file is damaged, download it again.")
+        cropped[run] = data
+    shapes = {d.shape[:3] for d in cropped.values()}
+    if len(shapes) != 1:
+        raise ValueError(
+            f"runs of one subject have different grids {sorted(shapes)}: {[str(p) for p in paths.values()]}"
+        )
+    mask = np.logical_and.reduce([(d != 0).all(-1) & (d.std(-1) > 0) for d in cropped.values()])
+    if not mask.any():
+        raise ValueError(f"no voxel is non-zero and varying in every run of {[str(p) for p in paths.values()]}.")
+    runs = {}
+    for run, data in cropped.items():
+        series = data[mask].T  # (T, V)
+        runs[run] = series - series.mean(0)
+    return runs, mask, {r: s.shape[0] for r, s in runs.items()}
+
+
+def train_std(runs: dict, train_rows: dict) -> np.ndarray:
+    """Per-voxel standard deviation over the training volumes ({run: row indices}); 1 where it is 0."""
+    std = np.concatenate([runs[r][rows] for r, rows in train_rows.items() if len(rows)]).std(0)
+    return np.where(std > 0, std, 1.0).astype(np.float32)
