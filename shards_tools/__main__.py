@@ -5,6 +5,7 @@ Verbs (each a module with add_arguments(parser) and run(args) -> exit code):
     pack-nsd NSD single-trial betas -> ROI-token shards with COCO labels and cached CLIP features
     pack-hcp HCP 7T movie runs -> brain-masked volume shards with WordNet labels and CLIP frame features
     pack-bids a new site from a BIDS dataset -> volume (or ROI) shards with the site's labels and CLIP features
+    clip-features  compute and cache CLIP features of a stimulus list into OUT/clip/
     verify   check every shard against the manifest and the schema; exit 1 naming every bad shard
     inspect  per-subject and per-split counts, classes and bytes per sample
 """
@@ -21,6 +22,7 @@ VERBS = {
     "pack-nsd": "shards_tools.pack_nsd",
     "pack-hcp": "shards_tools.pack_hcp",
     "pack-bids": "shards_tools.pack_bids",
+    "clip-features": "shards_tools.clip_cli",
     "verify": "shards_tools.verify",
     "inspect": "shards_tools.inspect_shards",
 }

@@ -163,8 +163,10 @@ class ClipStore:
 
     def _fit(self, fit_ids: list[str], load: Callable) -> None:
         llv_full, _ = self.featurizer.encode(*zip(*(load(i) for i in fit_ids), strict=True))
-        held = max(2, len(fit_ids) // 5)  # the fidelity is measured on stimuli the basis has not seen
-        fit, test = (llv_full[held:], llv_full[:held]) if len(fit_ids) > 2 * held else (llv_full, llv_full)
+        # The fidelity is measured on stimuli the basis has not seen; with under 20 there are too few
+        # to spare, and it is measured on the fitted ones (the spec says which).
+        held = len(fit_ids) // 5 if len(fit_ids) >= 20 else 0
+        fit, test = (llv_full[held:], llv_full[:held]) if held else (llv_full, llv_full)
         # Round to the stored precision now, so this run and later runs reduce with the same numbers.
         self.basis = LlvBasis(LlvBasis.fit(fit, self.llv_dim).basis.astype(np.float16), self.llv_dim)
         r = similarity_fidelity(test, self.basis.reduce(test))
@@ -173,7 +175,7 @@ class ClipStore:
             "llv": {"layer": "vision hidden_states[1] (first transformer layer), flattened",
                     "full_dim": self.featurizer.llv_full_dim, "dim": self.llv_dim,
                     "reduction": "uncentered PCA fitted on the stimuli", "fit_stimuli": len(fit),
-                    "fidelity_r": r, "fidelity_stimuli": len(test)},
+                    "fidelity_r": r, "fidelity_stimuli": len(test), "fidelity_held_out": bool(held)},
             "hlv": {"layer": "mean of projected image and text embeddings", "dim": self.featurizer.hlv_dim},
             "postprocess": f"clip at +-{CLIP_VALUE}, L2-normalise",
         }  # fmt: skip

@@ -98,3 +98,23 @@ def test_caption_choice_is_seeded(featurizer):
 def test_a_path_that_is_not_a_clip_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"--clip-model '.*nothing' does not load as a transformers CLIP model"):
         ClipFeaturizer(tmp_path / "nothing")
+
+
+def test_clip_features_command_caches_for_later_packs(featurizer, tmp_path):
+    from PIL import Image
+
+    from shards_tools.__main__ import main as cli
+
+    lines = ["stimulus\timage\ttext"]
+    for i, (image, text) in enumerate(stimuli(12).values()):
+        Image.fromarray(image).save(tmp_path / f"s{i}.png")
+        lines.append(f"s{i}\ts{i}.png\t{text}")
+    (tmp_path / "stimuli.tsv").write_text("\n".join(lines) + "\n")
+    argv = ["clip-features", "--stimuli", str(tmp_path / "stimuli.tsv"), "--clip-model", featurizer.name,
+            "--out", str(tmp_path / "out"), "--llv-dim", "8"]  # fmt: skip
+    assert cli(argv) == 0
+    with np.load(tmp_path / "out/clip/features.npz") as f:
+        assert sorted(f["ids"].tolist()) == sorted(f"s{i}" for i in range(12))
+        assert f["llv"].shape == (12, 8) and f["hlv"].dtype == np.float16
+    store = ClipStore(str(tmp_path / "out"), featurizer, llv_dim=8)  # a pack into the same output reuses them
+    assert store.features(["s3"], lambda i: pytest.fail("recomputed a cached stimulus"))["s3"][0].shape == (8,)
