@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -96,31 +97,40 @@ class ClipFeaturizer:
         self.hlv_dim = self.model.config.projection_dim
 
     @torch.no_grad()
-    def encode(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(full llv (N, T*W), hlv (N, P)), post-processed, for images (H x W x 3 uint8) with one text each."""
+    def encode(
+        self, images: Sequence[np.ndarray], texts: Sequence[str | Sequence[str]], seeds: Sequence | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(full llv (N, T*W), hlv (N, P)), post-processed, for images (H x W x 3 uint8) with their text.
+
+        A text may be a list of candidate captions: the paper's choice is then made within the same
+        forward pass, a seeded pick (seeds[i]) among the captions whose CLIP similarity to the image
+        is at least half the best one's.
+        """
         if len(images) != len(texts):
             raise ValueError(f"{len(images)} images but {len(texts)} texts; give one text per stimulus.")
         llv, hlv = [], []
         for start in range(0, len(images), self.batch_size):
-            stop = start + self.batch_size
-            inputs = self.processor(images=list(images[start:stop]), text=list(texts[start:stop]),
-                                    return_tensors="pt", padding=True, truncation=True).to(self.device)  # fmt: skip
-            vision = self.model.vision_model(pixel_values=inputs["pixel_values"], output_hidden_states=True)
+            stop = min(start + self.batch_size, len(images))
+            pixels = self.processor(images=list(images[start:stop]), return_tensors="pt")["pixel_values"]
+            vision = self.model.vision_model(pixel_values=pixels.to(self.device), output_hidden_states=True)
             llv.append(postprocess(vision.hidden_states[1].flatten(1).cpu()))
-            image = self.model.visual_projection(vision.pooler_output)
-            text = self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-            hlv.append(postprocess(((image + getattr(text, "pooler_output", text)) / 2).cpu()))
+            image = self.model.visual_projection(vision.pooler_output)  # (n, P)
+            groups = [[t] if isinstance(t, str) else list(t) for t in texts[start:stop]]
+            tokens = self.processor(text=[c for g in groups for c in g], return_tensors="pt", padding=True,
+                                    truncation=True).to(self.device)  # fmt: skip
+            text = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+            text = getattr(text, "pooler_output", text)  # (all candidates, P)
+            chosen, offset = [], 0
+            for i, group in enumerate(groups):
+                options, offset = text[offset : offset + len(group)], offset + len(group)
+                if len(group) > 1:
+                    sims = torch.nn.functional.cosine_similarity(options, image[i : i + 1]).cpu().numpy()
+                    eligible = np.flatnonzero(sims >= sims.max() / 2) if sims.max() > 0 else [int(sims.argmax())]
+                    rng = np.random.default_rng(seeds[start + i] if seeds is not None else 0)
+                    options = options[[int(rng.choice(eligible))]]
+                chosen.append(options[0])
+            hlv.append(postprocess(((image + torch.stack(chosen)) / 2).cpu()))
         return torch.cat(llv).numpy(), torch.cat(hlv).numpy()
-
-    @torch.no_grad()
-    def pick_caption(self, image: np.ndarray, captions: Sequence[str], rng: np.random.Generator) -> str:
-        """The paper's choice: a seeded pick among captions whose CLIP similarity is >= half the best."""
-        inputs = self.processor(images=[image], text=list(captions), return_tensors="pt", padding=True,
-                                truncation=True).to(self.device)  # fmt: skip
-        out = self.model(**inputs)
-        sims = out.logits_per_image[0].cpu().numpy()
-        eligible = np.flatnonzero(sims >= sims.max() / 2) if sims.max() > 0 else np.array([int(sims.argmax())])
-        return captions[int(rng.choice(eligible))]
 
 
 class ClipStore:
@@ -133,6 +143,7 @@ class ClipStore:
         self.spec: dict | None = None
         self.basis: LlvBasis | None = None
         self.cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._saved = 0
         if storage.exists(storage.join(self.root, "spec.json")):
             self.spec = json.loads(storage.read_bytes(storage.join(self.root, "spec.json")))
             if (self.spec["model"], self.spec["llv"]["dim"]) != (featurizer.name, llv_dim):
@@ -144,28 +155,40 @@ class ClipStore:
             self.basis = LlvBasis(basis, llv_dim)
             with np.load(io.BytesIO(storage.read_bytes(storage.join(self.root, "features.npz")))) as f:
                 self.cache = dict(zip(f["ids"].tolist(), zip(f["llv"], f["hlv"], strict=True), strict=True))
+            self._saved = len(self.cache)
 
-    def features(self, ids: Sequence[str], load: Callable[[str], tuple[np.ndarray, str]]) -> dict[str, tuple]:
-        """{id: (llv (K,), hlv (P,))} for stimulus ids; `load(id)` gives (image, text) for uncached ones."""
+    def features(self, ids: Sequence[str], load: Callable[[str], tuple]) -> dict[str, tuple]:
+        """{id: (llv (K,), hlv (P,))} for stimulus ids; `load(id)` gives (image, text or candidate captions)."""
         missing = sorted(set(ids) - set(self.cache))
         if missing and self.basis is None:
-            self._fit([i for i in np.random.default_rng(self.seed).permutation(missing)][: self.fit_samples], load)
+            order = np.random.default_rng(self.seed).permutation(len(missing))
+            fit_ids = [missing[i] for i in order[: self.fit_samples]]
+            llv_full, hlv = self._encode(fit_ids, load)
+            self._fit(llv_full)
+            self._add(fit_ids, llv_full, hlv)  # the fit sample is encoded once
+            missing = sorted(set(missing) - set(fit_ids))
         step = 8 * self.featurizer.batch_size
         for start in range(0, len(missing), step):
             chunk = missing[start : start + step]
-            llv_full, hlv = self.featurizer.encode(*zip(*(load(i) for i in chunk), strict=True))
-            for i, llv, h in zip(chunk, self.basis.reduce(llv_full), hlv, strict=True):
-                self.cache[i] = (llv.astype(np.float16), h.astype(np.float16))
+            self._add(chunk, *self._encode(chunk, load))
             logger.info("CLIP features: %d / %d new stimuli", min(start + step, len(missing)), len(missing))
-        if missing:
+        if len(self.cache) != self._saved:
             self._save_cache()
         return {i: self.cache[i] for i in ids}
 
-    def _fit(self, fit_ids: list[str], load: Callable) -> None:
-        llv_full, _ = self.featurizer.encode(*zip(*(load(i) for i in fit_ids), strict=True))
+    def _encode(self, ids: list[str], load: Callable) -> tuple[np.ndarray, np.ndarray]:
+        images, texts = zip(*(load(i) for i in ids), strict=True)
+        seeds = [[self.seed, zlib.crc32(i.encode())] for i in ids]  # per stimulus: the same choice in every run
+        return self.featurizer.encode(images, texts, seeds)
+
+    def _add(self, ids: list[str], llv_full: np.ndarray, hlv: np.ndarray) -> None:
+        for i, llv, h in zip(ids, self.basis.reduce(llv_full), hlv, strict=True):
+            self.cache[i] = (llv.astype(np.float16), h.astype(np.float16))
+
+    def _fit(self, llv_full: np.ndarray) -> None:
         # The fidelity is measured on stimuli the basis has not seen; with under 20 there are too few
         # to spare, and it is measured on the fitted ones (the spec says which).
-        held = len(fit_ids) // 5 if len(fit_ids) >= 20 else 0
+        held = len(llv_full) // 5 if len(llv_full) >= 20 else 0
         fit, test = (llv_full[held:], llv_full[:held]) if held else (llv_full, llv_full)
         # Round to the stored precision now, so this run and later runs reduce with the same numbers.
         self.basis = LlvBasis(LlvBasis.fit(fit, self.llv_dim).basis.astype(np.float16), self.llv_dim)
@@ -192,3 +215,4 @@ class ClipStore:
         np.savez(buf, ids=np.array(ids), llv=np.stack([self.cache[i][0] for i in ids]),
                  hlv=np.stack([self.cache[i][1] for i in ids]))  # fmt: skip
         storage.write_bytes(storage.join(self.root, "features.npz"), buf.getvalue())
+        self._saved = len(ids)

@@ -104,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
         def load(stim: str) -> tuple[np.ndarray, str]:
             nsd_id = int(stim.removeprefix("nsd"))
             image = h5["imgBrick"][nsd_id]
-            caps = coco_captions.get(stim_info[nsd_id][0]) or [" "]
-            return image, featurizer.pick_caption(image, caps, np.random.default_rng([args.seed, nsd_id]))
+            return image, coco_captions.get(stim_info[nsd_id][0]) or [" "]  # the featurizer picks one
 
         features = store.features([f"nsd{i:05d}" for i in images], load)
 

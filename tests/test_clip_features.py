@@ -87,12 +87,26 @@ def test_store_caches_and_resumes(featurizer, tmp_path):
         ClipStore(str(tmp_path), featurizer, llv_dim=32)
 
 
-def test_caption_choice_is_seeded(featurizer):
-    image = stimuli(1)[("img000")][0]
-    picks = {featurizer.pick_caption(image, WORDS, np.random.default_rng(s)) for s in range(8)}
-    assert picks <= set(WORDS)
-    assert featurizer.pick_caption(image, WORDS, np.random.default_rng(4)) == featurizer.pick_caption(
-        image, WORDS, np.random.default_rng(4))  # fmt: skip
+def test_caption_choice_is_the_papers_and_seeded(featurizer):
+    image = stimuli(1)["img000"][0]
+    picks = {}
+    for seed in range(6):
+        _, hlv = featurizer.encode([image], [WORDS], seeds=[seed])
+        picks[seed] = hlv[0]
+    singles = {w: featurizer.encode([image], [w])[1][0] for w in WORDS}  # each caption alone
+    with torch.no_grad():
+        inputs = featurizer.processor(images=[image], text=WORDS, return_tensors="pt", padding=True)
+        image_emb = featurizer.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+        text_emb = featurizer.model.get_text_features(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        ).pooler_output
+    sims = torch.nn.functional.cosine_similarity(text_emb, image_emb).numpy()
+    eligible = {WORDS[i] for i in np.flatnonzero(sims >= sims.max() / 2)} if sims.max() > 0 else {WORDS[sims.argmax()]}
+    for hlv in picks.values():  # every pick is one of the eligible captions, as the paper chooses
+        chosen = [w for w, single in singles.items() if np.allclose(single, hlv, atol=1e-5)]
+        assert len(chosen) == 1 and chosen[0] in eligible
+    np.testing.assert_array_equal(featurizer.encode([image], [WORDS], seeds=[3])[1], featurizer.encode(
+        [image], [WORDS], seeds=[3])[1])  # fmt: skip
 
 
 def test_a_path_that_is_not_a_clip_is_named(tmp_path):

@@ -1,4 +1,4 @@
-"""python -m mused_fm.bench {model} [--json OUT.json] [options]: print figures and write JSON."""
+"""python -m mused_fm.bench {model,pack} [--json OUT.json] [options]: print figures and write JSON."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import argparse
 import logging
 import sys
 
-from mused_fm.bench import model
+from mused_fm.bench import model, pack
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m mused_fm.bench", description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
-    for name, module in (("model", model),):
+    for name, module in (("model", model), ("pack", pack)):
         p = sub.add_parser(name, help=module.__doc__.splitlines()[0])
         p.add_argument("--json", help="write the figures to this JSON file")
         module.add_arguments(p)

@@ -1,0 +1,109 @@
+"""Pack benchmark: samples/s and bytes/sample of each packer, against only reading its inputs.
+
+    python -m mused_fm.bench pack --json docs/bench_pack.json [--preset demo] [--raw RAW_DIR]
+
+Writes the simulated cohort (unless --raw points at one), then times pack-nsd, pack-hcp and pack-bids
+into a temporary folder, and separately the time to just read the same inputs with nibabel/h5py, so
+the packers' own overhead (preprocessing, CLIP features, encoding, hashing) shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mused_fm.bench.common import write_json
+
+NSD_SUBJECTS = ("subj01", "subj02", "subj03", "subj04", "subj05")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="demo", help="simulated cohort preset (test or demo)")
+    parser.add_argument("--raw", type=Path, default=None, help="an existing simulated cohort (skips synth)")
+    parser.add_argument("--llv-dim", type=int, default=256)
+
+
+def _read_inputs(raw: Path) -> dict[str, float]:
+    """Seconds to read every input file each packer reads (volumes and HDF5), without processing."""
+    import h5py
+    import nibabel as nib
+
+    def read_all(paths) -> float:
+        start = time.perf_counter()
+        for path in paths:
+            if path.suffix == ".hdf5":
+                with h5py.File(path, "r") as f:
+                    for key in f:
+                        f[key][()]
+            else:
+                np.asarray(nib.load(path).dataobj)
+        return time.perf_counter() - start
+
+    nsd = sorted((raw / "nsd").glob("nsddata_betas/ppdata/subj0*/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_session*"))
+    nsd += sorted((raw / "nsd").glob("nsddata/ppdata/subj0*/func1pt8mm/roi/Kastner2015.nii.gz"))
+    nsd.append(raw / "nsd/nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5")
+    hcp = sorted((raw / "hcp").glob("*/MNINonLinear/Results/*/*_hp2000_clean.nii.gz"))
+    hcp.append(raw / "hcp/7T_movie_resources/WordNetFeatures.hdf5")
+    bids = sorted((raw / "bids").glob("sub-*/func/*_bold.nii*"))
+    return {"nsd": read_all(nsd), "hcp": read_all(hcp), "bids": read_all(bids)}
+
+
+def run(args: argparse.Namespace) -> dict:
+    from shards_tools.__main__ import main as shards_cli
+    from shards_tools.synth import synth
+
+    with tempfile.TemporaryDirectory(prefix="mused-bench-pack-") as tmp:
+        raw = args.raw
+        if raw is None:
+            raw = Path(tmp) / "raw"
+            synth(raw, preset=args.preset, seed=0)
+        hcp_subjects = [p.name for p in sorted((raw / "hcp").iterdir()) if p.name.isdigit()]
+        commands = {
+            "nsd": ["pack-nsd", "--root", str(raw / "nsd"), "--subjects", ",".join(NSD_SUBJECTS), "--roi-dim", "16"],
+            "hcp": ["pack-hcp", "--root", str(raw / "hcp"), "--subjects", ",".join(hcp_subjects)],
+            "bids": ["pack-bids", "--root", str(raw / "bids"), "--site", "site", "--labels",
+                     str(raw / "bids/LABELS.tsv")],
+        }  # fmt: skip
+        read = _read_inputs(raw)
+        result: dict = {"preset": None if args.raw else args.preset}
+        for name, argv in commands.items():
+            out = Path(tmp) / f"shards-{name}"
+            start = time.perf_counter()
+            code = shards_cli([*argv, "--clip-model", str(raw / "clip"), "--out", str(out), "--llv-dim",
+                               str(args.llv_dim)])  # fmt: skip
+            seconds = time.perf_counter() - start
+            if code:
+                raise RuntimeError(f"{name}: the packer exited with {code}")
+            manifest = json.loads((out / "manifest.json").read_text())
+            samples = sum(s["count"] for s in manifest["shards"])
+            result[name] = {
+                "samples": samples,
+                "pack_s": seconds,
+                "samples_per_s": samples / seconds,
+                "bytes_per_sample": sum(s["bytes"] for s in manifest["shards"]) / samples,
+                "read_inputs_s": read[name],
+                "overhead_share": 1 - read[name] / seconds,
+            }
+    return result
+
+
+def report(result: dict) -> str:
+    lines = [f"{'dataset':<8}{'samples':>9}{'pack s':>9}{'samples/s':>11}{'KiB/sample':>12}{'read-only s':>13}"]
+    for name in ("nsd", "hcp", "bids"):
+        r = result[name]
+        lines.append(f"{name:<8}{r['samples']:>9}{r['pack_s']:>9.1f}{r['samples_per_s']:>11.1f}"
+                     f"{r['bytes_per_sample'] / 1024:>12.1f}{r['read_inputs_s']:>13.2f}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> dict:
+    result = run(args)
+    print(report(result))
+    if args.json:
+        write_json(args.json, result)
+    return result
