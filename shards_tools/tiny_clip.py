@@ -29,10 +29,10 @@ def build_tiny_clip(
     patch_size: int = 8,
     width: int = 32,
     projection_dim: int = 16,
-    vocab_size: int = 400,
+    vocab_size: int = 4000,
 ) -> Path:
     """Write a tiny CLIPModel, tokenizer and image processor to `out_dir`; returns the folder."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import (
         CLIPConfig,
         CLIPImageProcessorPil,
@@ -45,24 +45,29 @@ def build_tiny_clip(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bpe = Tokenizer(models.BPE(unk_token=EOS, end_of_word_suffix="</w>"))
-    bpe.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    bpe.decoder = decoders.BPEDecoder(suffix="</w>")
-    bpe.train_from_iterator(
-        list(corpus),
-        trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS], end_of_word_suffix="</w>"),
-    )
-    bos_id, eos_id = bpe.token_to_id(BOS), bpe.token_to_id(EOS)
-    bpe.post_processor = processors.TemplateProcessing(
+    # A word-level vocabulary in sorted order: byte-identical for the same corpus (BPE training breaks
+    # ties between equally frequent merges differently from run to run).
+    normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    pre = pre_tokenizers.Whitespace()
+    words = sorted({w for text in corpus for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text))})
+    vocab = {token: i for i, token in enumerate([BOS, EOS, *words[: max(vocab_size - 2, 0)]])}
+    bos_id, eos_id = vocab[BOS], vocab[EOS]
+    word_level = Tokenizer(models.WordLevel(vocab=vocab, unk_token=EOS))
+    word_level.normalizer, word_level.pre_tokenizer = normalizer, pre
+    word_level.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A {EOS}", special_tokens=[(BOS, bos_id), (EOS, eos_id)]
     )
     max_len = 32
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token=BOS, eos_token=EOS, unk_token=EOS, pad_token=EOS, model_max_length=max_len
+        tokenizer_object=word_level,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=EOS,
+        pad_token=EOS,
+        model_max_length=max_len,
     )
     text = CLIPTextConfig(
-        vocab_size=bpe.get_vocab_size(),
+        vocab_size=word_level.get_vocab_size(),
         hidden_size=width,
         intermediate_size=2 * width,
         num_hidden_layers=2,

@@ -36,3 +36,10 @@ def test_tiny_clip_loads_through_the_auto_classes(tmp_path):
     again = CLIPModel.from_pretrained(build_tiny_clip(tmp_path / "again", WORDS * 4, seed=3))
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_tiny_clip_is_byte_identical_for_the_same_corpus(tmp_path):
+    a = build_tiny_clip(tmp_path / "a", WORDS * 4, seed=1)
+    b = build_tiny_clip(tmp_path / "b", WORDS * 4, seed=1)
+    for name in ("tokenizer.json", "model.safetensors", "config.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
