@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from mused_fm.data import storage
 
@@ -168,10 +169,13 @@ class ClipStore:
             self._add(fit_ids, llv_full, hlv)  # the fit sample is encoded once
             missing = sorted(set(missing) - set(fit_ids))
         step = 8 * self.featurizer.batch_size
-        for start in range(0, len(missing), step):
-            chunk = missing[start : start + step]
-            self._add(chunk, *self._encode(chunk, load))
-            logger.info("CLIP features: %d / %d new stimuli", min(start + step, len(missing)), len(missing))
+        # A bar on a terminal (tqdm turns itself off otherwise); log lines for batch logs.
+        with tqdm(total=len(missing), desc="CLIP features", unit="stimulus", disable=None) as bar:
+            for start in range(0, len(missing), step):
+                chunk = missing[start : start + step]
+                self._add(chunk, *self._encode(chunk, load))
+                bar.update(len(chunk))
+                logger.info("CLIP features: %d / %d new stimuli", min(start + step, len(missing)), len(missing))
         if len(self.cache) != self._saved:
             self._save_cache()
         return {i: self.cache[i] for i in ids}

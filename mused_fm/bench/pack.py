@@ -25,7 +25,8 @@ NSD_SUBJECTS = ("subj01", "subj02", "subj03", "subj04", "subj05")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="demo", help="simulated cohort preset (test or demo)")
     parser.add_argument("--raw", type=Path, default=None, help="an existing simulated cohort (skips synth)")
-    parser.add_argument("--llv-dim", type=int, default=256)
+    parser.add_argument("--llv-dim", type=int, default=1024, help="as pack-nsd's default, for real-sized samples")
+    parser.add_argument("--roi-dim", type=int, default=268, help="NSD PCA width (the paper's 268)")
 
 
 def _read_inputs(raw: Path) -> dict[str, float]:
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace) -> dict:
             synth(raw, preset=args.preset, seed=0)
         hcp_subjects = [p.name for p in sorted((raw / "hcp").iterdir()) if p.name.isdigit()]
         commands = {
-            "nsd": ["pack-nsd", "--root", str(raw / "nsd"), "--subjects", ",".join(NSD_SUBJECTS), "--roi-dim", "16"],
+            "nsd": ["pack-nsd", "--root", str(raw / "nsd"), "--subjects", ",".join(NSD_SUBJECTS), "--roi-dim",
+                    str(args.roi_dim)],
             "hcp": ["pack-hcp", "--root", str(raw / "hcp"), "--subjects", ",".join(hcp_subjects)],
             "bids": ["pack-bids", "--root", str(raw / "bids"), "--site", "site", "--labels",
                      str(raw / "bids/LABELS.tsv")],
@@ -88,16 +90,20 @@ def run(args: argparse.Namespace) -> dict:
                 "bytes_per_sample": sum(s["bytes"] for s in manifest["shards"]) / samples,
                 "read_inputs_s": read[name],
                 "overhead_share": 1 - read[name] / seconds,
+                "llv_fidelity_r": manifest["info"]["clip"]["llv"]["fidelity_r"],
             }
     return result
 
 
 def report(result: dict) -> str:
-    lines = [f"{'dataset':<8}{'samples':>9}{'pack s':>9}{'samples/s':>11}{'KiB/sample':>12}{'read-only s':>13}"]
+    lines = [
+        f"{'dataset':<8}{'samples':>9}{'pack s':>9}{'samples/s':>11}{'KiB/sample':>12}{'read-only s':>13}{'llv r':>8}"
+    ]
     for name in ("nsd", "hcp", "bids"):
         r = result[name]
         lines.append(f"{name:<8}{r['samples']:>9}{r['pack_s']:>9.1f}{r['samples_per_s']:>11.1f}"
-                     f"{r['bytes_per_sample'] / 1024:>12.1f}{r['read_inputs_s']:>13.2f}")  # fmt: skip
+                     f"{r['bytes_per_sample'] / 1024:>12.1f}{r['read_inputs_s']:>13.2f}"
+                     f"{r['llv_fidelity_r']:>8.4f}")  # fmt: skip
     return "\n".join(lines)
 
 
