@@ -24,6 +24,7 @@ from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
 from mused_fm.data.writer import DatasetInfo, DatasetWriter
 from shards_tools.bids_files import find_runs, read_events, read_labels, repetition_time
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
+from shards_tools.common_args import add_output_arguments
 from shards_tools.nsd_files import read_ctab
 from shards_tools.roi_features import RoiPca, resolve_groups
 from shards_tools.volumes import load_masked_runs, train_std
@@ -37,8 +38,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", required=True, type=Path, help="BIDS dataset root")
     p.add_argument("--site", required=True, help="site name: the dataset name and the prefix of subject ids")
     p.add_argument("--labels", required=True, type=Path, help="LABELS.tsv: stim_file, labels (a;b), caption")
-    p.add_argument("--clip-model", required=True, help="CLIP folder or hub id (transformers)")
-    p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
     p.add_argument("--subjects", default=None, help="comma list of sub-XX (default: all)")
     p.add_argument("--classes", type=Path, default=None, help="class order, one name per line")
     p.add_argument("--delay-s", type=float, default=4.0, help="hemodynamic delay in seconds")
@@ -48,11 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi-dim", type=int, default=268)
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--llv-dim", type=int, default=1024)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--maxcount", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu")
+    add_output_arguments(p, maxcount=1000)
 
 
 def _splits(stimuli: list[str], test: float, val: float, seed: int) -> dict[str, str]:

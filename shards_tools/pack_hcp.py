@@ -27,6 +27,7 @@ import numpy as np
 from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
 from mused_fm.data.writer import DatasetInfo, DatasetWriter
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
+from shards_tools.common_args import add_output_arguments
 from shards_tools.hcp_files import MOVIES, HcpResources, read_frames, run_path
 from shards_tools.volumes import load_masked_runs, train_std
 
@@ -38,19 +39,13 @@ logger = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", required=True, type=Path, help="HCP release root with {subject}/MNINonLinear/...")
     p.add_argument("--subjects", required=True, help="comma list, e.g. 100610,102311")
-    p.add_argument("--clip-model", required=True, help="CLIP folder or hub id (transformers)")
-    p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
     p.add_argument("--resources", type=Path, default=None, help="7T movie resources (default ROOT/7T_movie_resources)")
     p.add_argument("--movie-version", choices=("V1", "V2"), default=None, help="for subjects in neither list")
     p.add_argument("--crop", default="2:,4:-5,:-2", help="numpy crop of the 113x136x113 grid (CLIP-MUSED's)")
     p.add_argument("--delay", type=int, default=4, help="hemodynamic delay in TRs (1 TR = 1 s)")
     p.add_argument("--label-threshold", type=float, default=0.1, help="keep categories more frequent than this")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of movie 1-3 clips held for validation")
-    p.add_argument("--llv-dim", type=int, default=1024)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--maxcount", type=int, default=500, help="samples per shard")
-    p.add_argument("--batch-size", type=int, default=32, help="CLIP batch size")
-    p.add_argument("--device", default="cpu", help="CLIP device")
+    add_output_arguments(p, maxcount=500)
 
 
 def parse_crop(text: str) -> tuple[slice, slice, slice]:

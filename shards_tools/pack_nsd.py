@@ -27,6 +27,7 @@ import numpy as np
 from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
 from mused_fm.data.writer import DatasetInfo, DatasetWriter
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
+from shards_tools.common_args import add_output_arguments
 from shards_tools.nsd_files import NsdLayout, betas_grid, read_session_betas
 from shards_tools.roi_features import RoiPca, resolve_groups, zscore_by_session
 
@@ -38,22 +39,16 @@ logger = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", required=True, type=Path, help="NSD release root (holds nsddata/, nsddata_betas/, ...)")
     p.add_argument("--subjects", required=True, help="comma list, e.g. subj01,subj02")
-    p.add_argument("--clip-model", required=True, help="CLIP folder or hub id (transformers)")
-    p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
     p.add_argument(
         "--atlas", default="Kastner2015", help="ROI atlas under roi/ with its .mgz.ctab (default Kastner2015)"
     )
     p.add_argument("--roi-groups", default=None, help="default: the paper's V1,V2,V3,V3ab,hV4,VO,PHC,MT,LO,IPS")
     p.add_argument("--roi-dim", type=int, default=268, help="PCA components per ROI (paper: 268)")
-    p.add_argument("--llv-dim", type=int, default=1024, help="reduced low-level CLIP width (default 1024)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of non-test images held for validation")
     p.add_argument("--average-repeats", action="store_true", help="one sample per image and split (mean of repeats)")
     p.add_argument("--space", default="func1pt8mm")
     p.add_argument("--betas", default="betas_fithrf_GLMdenoise_RR", help="beta version folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--maxcount", type=int, default=1000, help="samples per shard")
-    p.add_argument("--batch-size", type=int, default=32, help="CLIP batch size")
-    p.add_argument("--device", default="cpu", help="CLIP device")
+    add_output_arguments(p, maxcount=1000)
 
 
 def coco_tables(layout: NsdLayout) -> tuple[list[str], dict[int, set[int]], dict[int, list[str]]]:

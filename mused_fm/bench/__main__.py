@@ -1,4 +1,7 @@
-"""python -m mused_fm.bench {model,pack} [--json OUT.json] [options]: print figures and write JSON."""
+"""python -m mused_fm.bench {model,pack} [--json OUT.json] [options]: print figures and write JSON.
+
+Each benchmark module has add_arguments(parser), run(args) -> dict and report(dict) -> str.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import logging
 import sys
 
 from mused_fm.bench import model, pack
+from mused_fm.bench.common import write_json
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -16,10 +20,14 @@ def main(argv: list[str] | None = None) -> dict:
         p = sub.add_parser(name, help=module.__doc__.splitlines()[0])
         p.add_argument("--json", help="write the figures to this JSON file")
         module.add_arguments(p)
-        p.set_defaults(run=module.main)
+        p.set_defaults(module=module)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
-    return args.run(args)
+    result = args.module.run(args)
+    print(args.module.report(result))
+    if args.json:
+        write_json(args.json, result)
+    return result
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from mused_fm.bench.common import count_flops, device_info, matmul_peak_flops, time_interleaved, write_json
+from mused_fm.bench.common import count_flops, device_info, matmul_peak_flops, time_interleaved
 from mused_fm.config import recipe_from_dict
 from mused_fm.losses import clip_mused_loss
 from mused_fm.model import build_model
@@ -168,11 +168,3 @@ def report(result: dict) -> str:
             f"{h['flops_per_sample'] / 1e9:.0f} GFLOP/sample, {100 * h['fraction_of_peak']:.1f}% of peak)"
         )
     return "\n".join(lines)
-
-
-def main(args: argparse.Namespace) -> dict:
-    result = run(args)
-    print(report(result))
-    if args.json:
-        write_json(args.json, result)
-    return result

@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mused_fm.bench.common import write_json
-
 NSD_SUBJECTS = ("subj01", "subj02", "subj03", "subj04", "subj05")
 
 
@@ -105,11 +103,3 @@ def report(result: dict) -> str:
                      f"{r['bytes_per_sample'] / 1024:>12.1f}{r['read_inputs_s']:>13.2f}"
                      f"{r['llv_fidelity_r']:>8.4f}")  # fmt: skip
     return "\n".join(lines)
-
-
-def main(args: argparse.Namespace) -> dict:
-    result = run(args)
-    print(report(result))
-    if args.json:
-        write_json(args.json, result)
-    return result
