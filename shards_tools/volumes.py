@@ -18,29 +18,33 @@ __all__ = ["load_masked_runs", "train_std"]
 
 
 def load_masked_runs(paths: dict, crop: tuple[slice, ...] = (slice(None),) * 3):
-    """({run: (T, V) float32, run mean removed}, mask (X, Y, Z) bool, {run: T}) of one subject's runs."""
+    """({run: (T, V) float32, run mean removed}, mask (X, Y, Z) bool, {run: T}) of one subject's runs.
+
+    Runs are read one at a time and reduced to their own in-brain voxels at once, so the peak memory
+    is one full run plus the masked series of the others (a real HCP run is ~6 GB as float32).
+    """
     import nibabel as nib
 
-    cropped = {}
+    kept, run_masks, grid = {}, {}, None
     for run, path in paths.items():
         data = np.asarray(nib.load(Path(path)).dataobj, dtype=np.float32)
         if data.ndim != 4:
             raise ValueError(f"{path}: expected a 4D run (X, Y, Z, T), got shape {data.shape}.")
         data = data[(*crop, slice(None))]
+        if grid is not None and data.shape[:3] != grid:
+            raise ValueError(f"{path}: grid {data.shape[:3]} differs from the subject's other runs {grid}.")
+        grid = data.shape[:3]
         if not np.isfinite(data).all():
             raise ValueError(f"{path}: NaN or infinite values; the file is damaged, download it again.")
-        cropped[run] = data
-    shapes = {d.shape[:3] for d in cropped.values()}
-    if len(shapes) != 1:
-        raise ValueError(
-            f"runs of one subject have different grids {sorted(shapes)}: {[str(p) for p in paths.values()]}"
-        )
-    mask = np.logical_and.reduce([(d != 0).all(-1) & (d.std(-1) > 0) for d in cropped.values()])
+        run_masks[run] = (data != 0).all(-1) & (data.std(-1) > 0)
+        kept[run] = data[run_masks[run]]  # (V_run, T)
+        del data
+    mask = np.logical_and.reduce(list(run_masks.values()))
     if not mask.any():
         raise ValueError(f"no voxel is non-zero and varying in every run of {[str(p) for p in paths.values()]}.")
     runs = {}
-    for run, data in cropped.items():
-        series = data[mask].T  # (T, V)
+    for run, series in kept.items():
+        series = series[mask[run_masks[run]]].T  # (T, V): the voxels in every run's mask
         runs[run] = series - series.mean(0)
     return runs, mask, {r: s.shape[0] for r, s in runs.items()}
 
