@@ -43,8 +43,10 @@ def rsa_loss(z_BD: torch.Tensor, feats_BF: torch.Tensor) -> torch.Tensor:
     if z_BD.shape[0] != feats_BF.shape[0]:
         raise ValueError(f"rsa_loss: {z_BD.shape[0]} token outputs but {feats_BF.shape[0]} CLIP features.")
     batch = z_BD.shape[0]
-    target = similarity_matrix(feats_BF.detach().to(z_BD.dtype))
-    return (target - similarity_matrix(z_BD)).pow(2).sum() / batch**2
+    # At least float32: low-level CLIP similarities sit in a narrow band that bf16 would blur.
+    dtype = torch.promote_types(z_BD.dtype, torch.float32)
+    target = similarity_matrix(feats_BF.detach().to(dtype))
+    return (target - similarity_matrix(z_BD.to(dtype))).pow(2).sum() / batch**2
 
 
 def orthogonal_loss(z_llv_BD: torch.Tensor, z_hlv_BD: torch.Tensor) -> torch.Tensor:

@@ -154,19 +154,26 @@ class ClipStore:
                 )
             basis = np.load(io.BytesIO(storage.read_bytes(storage.join(self.root, "llv_basis.npy"))))
             self.basis = LlvBasis(basis, llv_dim)
-            with np.load(io.BytesIO(storage.read_bytes(storage.join(self.root, "features.npz")))) as f:
-                self.cache = dict(zip(f["ids"].tolist(), zip(f["llv"], f["hlv"], strict=True), strict=True))
+            if storage.exists(storage.join(self.root, "features.npz")):  # absent if stopped right after the fit
+                with np.load(io.BytesIO(storage.read_bytes(storage.join(self.root, "features.npz")))) as f:
+                    self.cache = dict(zip(f["ids"].tolist(), zip(f["llv"], f["hlv"], strict=True), strict=True))
             self._saved = len(self.cache)
 
-    def features(self, ids: Sequence[str], load: Callable[[str], tuple]) -> dict[str, tuple]:
-        """{id: (llv (K,), hlv (P,))} for stimulus ids; `load(id)` gives (image, text or candidate captions)."""
+    def features(self, ids: Sequence[str], load: Callable[[str], tuple], fit_exclude=frozenset()) -> dict[str, tuple]:
+        """{id: (llv (K,), hlv (P,))} for stimulus ids; `load(id)` gives (image, text or candidate captions).
+
+        Args:
+            fit_exclude: ids the llv basis must not be fitted on (test stimuli), if others remain.
+        """
         missing = sorted(set(ids) - set(self.cache))
         if missing and self.basis is None:
-            order = np.random.default_rng(self.seed).permutation(len(missing))
-            fit_ids = [missing[i] for i in order[: self.fit_samples]]
+            pool = [i for i in missing if i not in fit_exclude] or missing
+            order = np.random.default_rng(self.seed).permutation(len(pool))
+            fit_ids = [pool[i] for i in order[: self.fit_samples]]
             llv_full, hlv = self._encode(fit_ids, load)
             self._fit(llv_full)
             self._add(fit_ids, llv_full, hlv)  # the fit sample is encoded once
+            self._save_cache()
             missing = sorted(set(missing) - set(fit_ids))
         step = 8 * self.featurizer.batch_size
         # A bar on a terminal (tqdm turns itself off otherwise); log lines for batch logs.
@@ -176,6 +183,8 @@ class ClipStore:
                 self._add(chunk, *self._encode(chunk, load))
                 bar.update(len(chunk))
                 logger.info("CLIP features: %d / %d new stimuli", min(start + step, len(missing)), len(missing))
+                if (start // step) % 16 == 15:  # an interrupted run keeps what it computed
+                    self._save_cache()
         if len(self.cache) != self._saved:
             self._save_cache()
         return {i: self.cache[i] for i in ids}
@@ -205,6 +214,8 @@ class ClipStore:
                     "fidelity_r": r, "fidelity_stimuli": len(test), "fidelity_held_out": bool(held)},
             "hlv": {"layer": "mean of projected image and text embeddings", "dim": self.featurizer.hlv_dim},
             "postprocess": f"clip at +-{CLIP_VALUE}, L2-normalise",
+            "batch_size": self.featurizer.batch_size,  # float results depend slightly on batching and device
+            "device": str(self.featurizer.device),
         }  # fmt: skip
         logger.info("llv reduction %d -> %d dims: similarity r = %.4f on %d held-out stimuli",
                     self.featurizer.llv_full_dim, self.llv_dim, r, len(test))  # fmt: skip

@@ -18,7 +18,6 @@ TR t (0-based seconds from the run's first volume) shows the frames of second t 
 from __future__ import annotations
 
 import csv
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +43,9 @@ class Block:
         return self.label in ("0", "0.0")
 
     def seconds(self) -> np.ndarray:
-        """Whole seconds whose frames all belong to the block: ceil(start) .. floor(end + 1/24) - 1."""
-        return np.arange(math.ceil(self.start - 1e-6), math.floor(self.end + 1 / FPS + 1e-6))
+        """Whole seconds whose 24 frames all belong to the block (times are frame times, 4 decimals)."""
+        first, last = round(self.start * FPS), round(self.end * FPS)  # frame numbers, last inclusive
+        return np.arange(-(-first // FPS), (last + 1) // FPS)
 
 
 def parse_clip_timing(path: Path) -> dict[str, list[Block]]:

@@ -114,16 +114,18 @@ class NsdLayout:
         return np.asarray(nib.load(path).dataobj).astype(np.int64), read_ctab(ctab), path
 
 
-def betas_grid(path: Path) -> tuple[int, int, int]:
-    """(X, Y, Z) of a session file from its header (an .hdf5 written by MATLAB shows T x Z x Y x X)."""
+def betas_grid(path: Path) -> list[tuple[int, int, int]]:
+    """The (X, Y, Z) grids a session file can be on, from its header: one for NIfTI; for .hdf5 the
+    MATLAB order as h5py shows it (T x Z x Y x X) first, then X x Y x Z x T."""
     if path.name.endswith(".hdf5"):
         import h5py
 
         with h5py.File(path, "r") as f:
-            return tuple(int(n) for n in f["betas"].shape[1:][::-1])
+            shape = tuple(int(n) for n in f["betas"].shape)
+        return [shape[1:][::-1], shape[:3]]
     import nibabel as nib
 
-    return tuple(int(n) for n in nib.load(path).shape[:3])
+    return [tuple(int(n) for n in nib.load(path).shape[:3])]
 
 
 def read_session_betas(path: Path, grid: tuple[int, int, int], voxels: np.ndarray) -> np.ndarray:

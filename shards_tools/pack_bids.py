@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from shards_tools.clip_features import ClipFeaturizer, ClipStore
 from shards_tools.common_args import add_output_arguments
 from shards_tools.nsd_files import read_ctab
 from shards_tools.roi_features import RoiPca, resolve_groups
-from shards_tools.volumes import load_masked_runs, train_std
+from shards_tools.volumes import center_runs, load_masked_runs, train_std
 
 __all__ = ["add_arguments", "run"]
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--site {args.site!r}: a site name may not contain '/' or '.' (it prefixes subject ids).")
     labels = read_labels(args.labels)
     names = sorted({c for cls, _ in labels.values() for c in cls})
-    classes = args.classes.read_text().split() if args.classes else names
+    classes = [c.strip() for c in args.classes.read_text().splitlines() if c.strip()] if args.classes else names
     unknown = sorted(set(names) - set(classes))
     if unknown:
         raise ValueError(f"{args.labels} uses classes {unknown} that --classes {args.classes} does not list.")
@@ -114,10 +115,12 @@ def run(args: argparse.Namespace) -> int:
         for r in subject_runs:
             tr = repetition_time(args.root, r.path)
             for k, e in enumerate(events[r.path]):
-                t = round((float(e["onset"]) + args.delay_s) / tr)
+                t = math.floor((float(e["onset"]) + args.delay_s) / tr + 1e-6)  # the volume acquired then
                 if t < lengths[r.unit]:
                     rows.append((r.unit, t, k, e["stim_file"]))
         train = {u: [t for uu, t, _, s in rows if uu == u and split_of[s] == "train"] for u in lengths}
+        test = {u: {t for uu, t, _, s in rows if uu == u and split_of[s] == "test"} for u in lengths}
+        center_runs(series, {u: [t for t in range(n) if t not in test[u]] for u, n in lengths.items()})
         with sub:
             bold_of, preproc = _bold_transform(series, mask, train, groups, args.roi_dim, args.atlas)
             sub.save_preproc(preproc)

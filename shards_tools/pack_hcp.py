@@ -29,7 +29,7 @@ from mused_fm.data.writer import DatasetInfo, DatasetWriter
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
 from shards_tools.common_args import add_output_arguments
 from shards_tools.hcp_files import MOVIES, HcpResources, read_frames, run_path
-from shards_tools.volumes import load_masked_runs, train_std
+from shards_tools.volumes import center_runs, load_masked_runs, train_std
 
 __all__ = ["add_arguments", "parse_crop", "run"]
 
@@ -56,19 +56,28 @@ def parse_crop(text: str) -> tuple[slice, slice, slice]:
     return tuple(slice(*[int(v) if v.strip() else None for v in p.split(":")]) for p in parts)
 
 
-def seconds_by_split(resources: HcpResources, version: str, delay: int, lengths: dict[int, int], rng, frac: float):
+def validation_clips(resources: HcpResources, frac: float, seed: int) -> set[tuple[int, str]]:
+    """(run, clip label) of the whole clips of movies 1-3 held out for validation, the same for everyone.
+
+    Every subject watched the same movie, so a clip validated for one subject must not be trained on
+    for another: the choice depends on the seed alone.
+    """
+    regular = [
+        (run, b.label) for run in (1, 2, 3) for b in [c for c in resources.timing(run, "V2") if not c.is_rest][:-1]
+    ]
+    n_val = max(1, round(frac * len(regular))) if frac > 0 else 0
+    return {regular[i] for i in np.random.default_rng(seed).choice(len(regular), size=n_val, replace=False)}
+
+
+def seconds_by_split(resources: HcpResources, version: str, delay: int, lengths: dict[int, int], held: set):
     """{run: [(second, split)]}: clip seconds whose delayed volume exists, with their split.
 
     The last clip of every run is the repeated validation clip: in movie 4 it is left out (test is
-    movie 4 without it), in movies 1-3 it is training data. Validation takes whole regular clips of
-    movies 1-3 (about `frac` of them, seeded), so neighbouring seconds never straddle two splits.
+    movie 4 without it), in movies 1-3 it is training data; `held` clips of movies 1-3 are validation.
     """
-    clips = {run: [b for b in resources.timing(run, version) if not b.is_rest] for run in MOVIES}
-    regular = [(run, b.label) for run in (1, 2, 3) for b in clips[run][:-1]]
-    n_val = max(1, round(frac * len(regular))) if frac > 0 else 0
-    held = {regular[i] for i in rng.choice(len(regular), size=n_val, replace=False)}
     out: dict[int, list[tuple[int, str]]] = {}
-    for run, blocks in clips.items():
+    for run in MOVIES:
+        blocks = [b for b in resources.timing(run, version) if not b.is_rest]
         rows = []
         for block in blocks if run < 4 else blocks[:-1]:
             split = "test" if run == 4 else "val" if (run, block.label) in held else "train"
@@ -77,7 +86,17 @@ def seconds_by_split(resources: HcpResources, version: str, delay: int, lengths:
     return out
 
 
+def label_frequency(resources: HcpResources, wordnet: dict, held: set) -> np.ndarray:
+    """Share of training seconds (movies 1-3, validation clips left out) in which each category is present."""
+    rows = [wordnet[run][[s for s in b.seconds() if s < len(wordnet[run])]]
+            for run in (1, 2, 3) for b in resources.timing(run, "V2")
+            if not b.is_rest and (run, b.label) not in held]  # fmt: skip
+    return np.concatenate(rows).mean(0)
+
+
 def run(args: argparse.Namespace) -> int:
+    import nibabel as nib
+
     resources = HcpResources(args.resources or args.root / "7T_movie_resources")
     versions = resources.versions()
     wordnet, synsets = resources.wordnet()
@@ -86,40 +105,46 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"subjects {unknown} are in neither HCP_7T_movie_V1/V2_ReleasedSubjs.csv; say which movie "
                          "version they saw with --movie-version V1|V2.")  # fmt: skip
-    clip_seconds = np.concatenate([np.concatenate([b.seconds() for b in resources.timing(r, "V2") if not b.is_rest])
-                                   for r in MOVIES])  # fmt: skip
-    frequency = np.concatenate([wordnet[r][[s for s in clip_seconds if s < len(wordnet[r])]] for r in MOVIES]).mean(0)
+    held = validation_clips(resources, args.val_fraction, args.seed)
+    frequency = label_frequency(resources, wordnet, held)
     keep = np.flatnonzero(frequency > args.label_threshold)
     classes = [synsets[i] for i in keep]
     crop = parse_crop(args.crop)
-    featurizer = ClipFeaturizer(args.clip_model, args.batch_size, args.device)
-    store = ClipStore(args.out, featurizer, args.llv_dim, seed=args.seed)
-    writer = None
+    # Plans from the run headers only (no volume is read yet): every subject's stimuli, so that the llv
+    # basis is fitted once on all of them, whatever the order of --subjects.
+    plans, grids = {}, set()
     for subject in subjects:
         version = versions.get(subject, args.movie_version)
         paths = {r: run_path(args.root, subject, r) for r in MOVIES}  # all four runs exist before any work
-        volumes, mask, lengths = load_masked_runs(paths, crop)
-        rng = np.random.default_rng([args.seed, int(subject) if subject.isdigit() else 0])
-        plan = seconds_by_split(resources, version, args.delay, lengths, rng, args.val_fraction)
-        features = _features(store, resources, version, plan, wordnet, synsets)
-        if writer is None:
-            info = DatasetInfo(
-                dataset="hcp", kind="volume", classes=classes, clip=store.spec, llv_dim=args.llv_dim,
-                hlv_dim=featurizer.hlv_dim, volume_shape=list(mask.shape),
-                extra={"crop": args.crop, "delay": args.delay, "label_threshold": args.label_threshold,
-                       "label_frequency": [float(frequency[i]) for i in keep], "storage": "brain mask + float16",
-                       "normalisation": "run mean removed; voxel std over the subject's training seconds",
-                       "val_fraction": args.val_fraction, "seed": args.seed},
-            )  # fmt: skip
-            writer = DatasetWriter(args.out, info, maxcount=args.maxcount, tool="shards_tools pack-hcp")
+        shapes = {r: nib.load(p).shape for r, p in paths.items()}
+        grids.add(tuple(len(range(n)[c]) for n, c in zip(shapes[1][:3], crop, strict=True)))
+        lengths = {r: shape[3] for r, shape in shapes.items()}
+        plans[subject] = (version, paths, seconds_by_split(resources, version, args.delay, lengths, held))
+    if len(grids) != 1:
+        raise ValueError(f"subjects' runs have different grids after --crop {args.crop}: {sorted(grids)}; one "
+                         "output holds one grid (HCP MNI runs are all 113x136x113).")  # fmt: skip
+    featurizer = ClipFeaturizer(args.clip_model, args.batch_size, args.device)
+    store = ClipStore(args.out, featurizer, args.llv_dim, seed=args.seed)
+    features = _features(store, resources, plans, wordnet, synsets)
+    info = DatasetInfo(
+        dataset="hcp", kind="volume", classes=classes, clip=store.spec, llv_dim=args.llv_dim,
+        hlv_dim=featurizer.hlv_dim, volume_shape=list(grids.pop()),
+        extra={"crop": args.crop, "delay": args.delay, "label_threshold": args.label_threshold,
+               "label_frequency": [float(frequency[i]) for i in keep], "storage": "brain mask + float16",
+               "normalisation": "run mean over the run's non-test volumes removed; voxel std over training volumes",
+               "val_fraction": args.val_fraction, "seed": args.seed},
+    )  # fmt: skip
+    writer = DatasetWriter(args.out, info, maxcount=args.maxcount, tool="shards_tools pack-hcp")
+    for subject, (version, paths, plan) in plans.items():
         fingerprint = {"version": version, "crop": args.crop, "delay": args.delay, "classes": classes,
                        "val_fraction": args.val_fraction, "seed": args.seed}  # fmt: skip
         sub = writer.subject(f"hcp/{subject}", fingerprint)
         if sub is None:
             continue
-        std = train_std(
-            volumes, {r: [s + args.delay for s, split in rows if split == "train"] for r, rows in plan.items()}
-        )
+        volumes, mask, _ = load_masked_runs(paths, crop)
+        test_volumes = {r: {s + args.delay for s, split in rows if split == "test"} for r, rows in plan.items()}
+        center_runs(volumes, {r: [t for t in range(len(v)) if t not in test_volumes[r]] for r, v in volumes.items()})
+        std = train_std(volumes, {r: [s + args.delay for s, sp in rows if sp == "train"] for r, rows in plan.items()})
         with sub:
             sub.save_preproc({"mask": mask, "std": std})
             for r, rows in plan.items():
@@ -137,20 +162,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _features(store: ClipStore, resources: HcpResources, version: str, plan, wordnet, synsets) -> dict:
-    ids, loaders = [], {}
-    for r, rows in plan.items():
-        seconds = np.array([s for s, _ in rows])
-        ids += [f"hcp-{version}-{r}-{s:04d}" for s in seconds]
-        loaders[r] = (resources.movie(r, version), seconds)
-    frames: dict[int, dict[int, np.ndarray]] = {}
+def _features(store: ClipStore, resources: HcpResources, plans: dict, wordnet, synsets) -> dict:
+    """CLIP features of every planned second of every subject's movie version; test seconds not in the fit."""
+    loaders, ids, test_ids = {}, [], set()
+    for version, _, plan in plans.values():
+        for r, rows in plan.items():
+            loaders[(version, r)] = (resources.movie(r, version), np.array(sorted({s for s, _ in rows})))
+            for s, split in rows:
+                ids.append(f"hcp-{version}-{r}-{s:04d}")
+                if split == "test":
+                    test_ids.add(ids[-1])
+    frames: dict[tuple[str, int], dict[int, np.ndarray]] = {}
 
     def load(stim: str) -> tuple[np.ndarray, str]:
-        _, _, r, s = stim.split("-")
-        r, s = int(r), int(s)
-        if r not in frames:  # decode a movie once, on first need
-            frames[r] = read_frames(*loaders[r])
-        words = [synsets[i].split(".")[0].replace("_", " ") for i in np.flatnonzero(wordnet[r][s])]
-        return frames[r][s], ", ".join(words) or "nothing"
+        _, version, r, s = stim.split("-")
+        key, s = (version, int(r)), int(s)
+        if key not in frames:  # decode a movie once, on first need
+            frames[key] = read_frames(*loaders[key])
+        words = [synsets[i].split(".")[0].replace("_", " ") for i in np.flatnonzero(wordnet[key[1]][s])]
+        return frames[key][s], ", ".join(words) or "nothing"
 
-    return store.features(ids, load)
+    return store.features(sorted(set(ids)), load, fit_exclude=test_ids)

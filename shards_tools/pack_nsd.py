@@ -6,7 +6,7 @@
 Per subject: every betas_sessionNN present (.nii.gz, or .hdf5 in MATLAB axis order; the log says
 which were read and which are missing), int16 / 300; trial -> image through nsd_expdesign.mat; test
 = the shared-1000 trials; a seeded validation split of the other images (an image's repeats stay in
-one split); z-score per session with statistics from non-test trials; the paper's ten Kastner2015
+one split); z-score per session with statistics from training trials; the paper's ten Kastner2015
 ROI groups (--roi-groups to change); per-ROI PCA fitted on training trials to --roi-dim (268),
 zero-padded; optional averaging of repeats. Labels: the 80 COCO categories in COCO's canonical order
 (by category id, which has gaps); text for the high-level feature: one caption chosen as in the
@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
-from mused_fm.data.writer import DatasetInfo, DatasetWriter
+from mused_fm.data.writer import DatasetInfo, DatasetWriter, is_packed
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
 from shards_tools.common_args import add_output_arguments
 from shards_tools.nsd_files import NsdLayout, betas_grid, read_session_betas
@@ -92,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
     featurizer = ClipFeaturizer(args.clip_model, args.batch_size, args.device)
     store = ClipStore(args.out, featurizer, args.llv_dim, seed=args.seed)
 
-    prepared = {s: _prepare(layout, s, design, args) for s in subjects}  # read and check every subject first
+    # Settings first (a folder listing and the atlas table): subjects already packed with them are not read.
+    fingerprints = {s: _fingerprint(layout, s, args) for s in subjects}
+    todo = [s for s in subjects if not is_packed(args.out, f"nsd/{s}", fingerprints[s], args.maxcount)]
+    prepared = {s: _prepare(layout, s, design, args) for s in todo}  # read and check every subject to pack
     images = sorted({int(i) for p in prepared.values() for i in p["trials"][:, 2]})
     with h5py.File(layout.stimuli_path(), "r") as h5:
 
@@ -106,14 +109,15 @@ def run(args: argparse.Namespace) -> int:
     info = DatasetInfo(
         dataset="nsd", kind="roi", classes=classes, clip=store.spec, llv_dim=args.llv_dim,
         hlv_dim=featurizer.hlv_dim, roi_dim=args.roi_dim,
-        rois=[{"name": g, "labels": lab} for g, lab in next(iter(prepared.values()))["group_names"]],
+        rois=[{"name": g, "labels": lab} for g, lab in next(iter(fingerprints.values()))["rois"]],
         extra={"atlas": args.atlas, "betas": args.betas, "space": args.space, "beta_scale": 300,
-               "zscore": "per session and voxel, statistics from non-test trials",
+               "zscore": "per session and voxel, statistics from training trials",
                "val_fraction": args.val_fraction, "average_repeats": args.average_repeats, "seed": args.seed},
     )  # fmt: skip
     writer = DatasetWriter(args.out, info, maxcount=args.maxcount, tool="shards_tools pack-nsd")
     for subject, prep in prepared.items():
-        _write_subject(writer, f"nsd/{subject}", prep, features, coco_labels, stim_info, len(classes), args)
+        sub = writer.subject(f"nsd/{subject}", fingerprints[subject])
+        _write_subject(sub, prep, features, coco_labels, stim_info, len(classes), args)
     manifest = writer.finish()
     total = sum(s["count"] for s in manifest["shards"])
     print(f"{args.out}: {total} samples of {len(manifest['subjects'])} NSD subjects; "
@@ -121,12 +125,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fingerprint(layout: NsdLayout, subject: str, args: argparse.Namespace) -> dict:
+    """The settings that shape a subject's samples, from the session listing and the atlas table only."""
+    sessions = list(layout.sessions(subject))  # first: a missing subject is named by its betas folder
+    _, ctab, _ = layout.roi(subject, args.atlas)
+    groups = resolve_groups(args.roi_groups, ctab, f"{args.atlas}.mgz.ctab")
+    return {"sessions": sessions, "rois": [(g, [ctab[i] for i in lab]) for g, lab in groups],
+            "roi_dim": args.roi_dim, "val_fraction": args.val_fraction, "average_repeats": args.average_repeats,
+            "seed": args.seed}  # fmt: skip
+
+
 def _prepare(layout: NsdLayout, subject: str, design: dict, args: argparse.Namespace) -> dict:
     sessions = layout.sessions(subject)
     labels_vol, ctab, roi_path = layout.roi(subject, args.atlas)
     first = next(iter(sessions.values()))
-    if betas_grid(first) != labels_vol.shape:
-        raise ValueError(f"{first}: betas grid {betas_grid(first)} differs from the ROI grid {labels_vol.shape} of "
+    if labels_vol.shape not in betas_grid(first):
+        raise ValueError(f"{first}: betas grid {betas_grid(first)[0]} differs from the ROI grid {labels_vol.shape} of "
                          f"{roi_path}; use ROI volumes of the betas' space (--space {args.space}).")  # fmt: skip
     groups = resolve_groups(args.roi_groups, ctab, f"{args.atlas}.mgz.ctab")
     voxels = [np.flatnonzero(np.isin(labels_vol, lab)) for _, lab in groups]
@@ -141,29 +155,18 @@ def _prepare(layout: NsdLayout, subject: str, design: dict, args: argparse.Names
     all_sessions = range(1, max(sessions) + 1)
     missing = [s for s in all_sessions if s not in sessions]
     logger.info("%s: read sessions %s%s", subject, list(sessions), f"; missing {missing}" if missing else "")
-    return {"sessions": list(sessions), "data": np.concatenate(data), "trials": trials, "voxels": voxels,
-            "group_names": [(g, [ctab[i] for i in lab]) for g, lab in groups]}  # fmt: skip
+    return {"data": np.concatenate(data), "trials": trials, "voxels": voxels}
 
 
-def _write_subject(writer, subject_id, prep, features, coco_labels, stim_info, num_classes, args) -> None:
-    fingerprint = {
-        "sessions": prep["sessions"],
-        "rois": prep["group_names"],
-        "roi_dim": args.roi_dim,
-        "val_fraction": args.val_fraction,
-        "average_repeats": args.average_repeats,
-        "seed": args.seed,
-    }
-    sub = writer.subject(subject_id, fingerprint)
-    if sub is None:
-        return
+def _write_subject(sub, prep, features, coco_labels, stim_info, num_classes, args) -> None:
+    subject_id = sub.subject_id
     trials, data = prep["trials"], prep["data"]
     test = trials[:, 3].astype(bool)
     rng = np.random.default_rng([args.seed, int(subject_id[-2:])])
     train_images = np.unique(trials[~test, 2])
     val_images = rng.choice(train_images, size=round(args.val_fraction * train_images.size), replace=False)
     split = np.where(test, "test", np.where(np.isin(trials[:, 2], val_images), "val", "train"))
-    data = zscore_by_session(data, trials[:, 0], ~test)
+    data = zscore_by_session(data, trials[:, 0], split == "train")  # statistics from training trials only
     bounds = np.cumsum([0] + [v.size for v in prep["voxels"]])
     spans = list(itertools.pairwise(bounds))  # each ROI's columns in `data`
     pcas = [RoiPca.fit(data[split == "train", a:b], args.roi_dim) for a, b in spans]

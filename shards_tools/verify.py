@@ -29,13 +29,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", help="shard set: a folder or s3://bucket/prefix holding manifest.json")
 
 
-def check_shard(url: str, manifest: dict, shard: dict) -> list[str]:
-    """Problems of one shard (empty when it is good)."""
+def check_shard(url: str, manifest: dict, shard: dict, keys: list[str] | None = None) -> list[str]:
+    """Problems of one shard (empty when it is good); sample keys are appended to `keys`."""
+    keys = [] if keys is None else keys
     problems: list[str] = []
+    if shard.get("subject") not in manifest["subjects"]:
+        return [f"its subject {shard.get('subject')!r} is not among the manifest's subjects"]
     try:
         raw = open_hashed(shard_url(url, shard))
     except FileNotFoundError:
         return ["missing"]
+    except OSError as err:  # a folder where a file should be, no permission, ...
+        return [f"unreadable ({type(err).__name__}: {err})"]
     shapes = expected_shapes(manifest, shard["subject"])
     count = 0
     with raw:
@@ -43,6 +48,7 @@ def check_shard(url: str, manifest: dict, shard: dict) -> list[str]:
             for key, members in iter_raw_samples(io.BufferedReader(raw, 2**20)):
                 count += 1
                 try:
+                    keys.append(key)
                     sample = decode_sample(key, members)
                     sample.check(shapes)
                     if (sample.meta["subject"], sample.meta["split"]) != (shard["subject"], shard["split"]):
@@ -66,12 +72,20 @@ def verify(url: str) -> dict[str, list[str]]:
     """{shard name: problems} for every bad shard; empty when the whole set is good."""
     manifest = read_manifest(url)
     bad: dict[str, list[str]] = {}
+    first_seen: dict[str, str] = {}
     for shard in manifest["shards"]:
-        problems = check_shard(url, manifest, shard)
+        keys: list[str] = []
+        problems = check_shard(url, manifest, shard, keys)
+        for key in keys:
+            if key in first_seen:
+                problems.append(f"sample {key!r} is also in {first_seen[key]}")
+            first_seen.setdefault(key, shard["name"])
         if problems:
             bad[shard["name"]] = problems
     listed = {s["name"] for s in manifest["shards"]}
     for name in storage.listdir(storage.join(url, "shards")):
+        if name.startswith(".") and name.endswith(".tmp"):
+            continue  # a temporary file of an interrupted local write, never read by anything
         if f"shards/{name}" not in listed:
             bad[f"shards/{name}"] = ["not in the manifest (left by another pack, or copied in by hand)"]
     return bad

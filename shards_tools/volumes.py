@@ -4,8 +4,9 @@ Shape legend: T volumes of a run, V voxels inside the mask, X/Y/Z the (cropped) 
 
 The mask keeps voxels that are non-zero and vary in every run of the subject (preprocessed releases
 are zero outside the brain); samples store the masked vector as float16 and preproc/<subject>.npz
-the mask, so the volume can be rebuilt. Each run's mean is removed (run baselines differ); the
-per-voxel scale comes from the subject's training samples only (`train_std`).
+the mask, so the volume can be rebuilt. Each run's mean is removed (run baselines differ), computed
+without the test volumes (`center_runs`); the per-voxel scale comes from the training volumes only
+(`train_std`): no statistic ever sees a test volume.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_masked_runs", "train_std"]
+__all__ = ["center_runs", "load_masked_runs", "train_std"]
 
 
 def load_masked_runs(paths: dict, crop: tuple[slice, ...] = (slice(None),) * 3):
-    """({run: (T, V) float32, run mean removed}, mask (X, Y, Z) bool, {run: T}) of one subject's runs.
+    """({run: (T, V) float32}, mask (X, Y, Z) bool, {run: T}) of one subject's runs.
 
     Runs are read one at a time and reduced to their own in-brain voxels at once, so the peak memory
     is one full run plus the masked series of the others (a real HCP run is ~6 GB as float32).
@@ -42,11 +43,15 @@ def load_masked_runs(paths: dict, crop: tuple[slice, ...] = (slice(None),) * 3):
     mask = np.logical_and.reduce(list(run_masks.values()))
     if not mask.any():
         raise ValueError(f"no voxel is non-zero and varying in every run of {[str(p) for p in paths.values()]}.")
-    runs = {}
-    for run, series in kept.items():
-        series = series[mask[run_masks[run]]].T  # (T, V): the voxels in every run's mask
-        runs[run] = series - series.mean(0)
+    runs = {run: np.ascontiguousarray(series[mask[run_masks[run]]].T) for run, series in kept.items()}  # (T, V)
     return runs, mask, {r: s.shape[0] for r, s in runs.items()}
+
+
+def center_runs(runs: dict, reference_rows: dict) -> None:
+    """Remove each run's per-voxel mean, taken over its `reference_rows` only (never test volumes), in place."""
+    for run, series in runs.items():
+        rows = reference_rows[run]
+        series -= series[rows].mean(0) if len(rows) else series.mean(0)
 
 
 def train_std(runs: dict, train_rows: dict) -> np.ndarray:

@@ -132,3 +132,22 @@ def test_clip_features_command_caches_for_later_packs(featurizer, tmp_path):
         assert f["llv"].shape == (12, 8) and f["hlv"].dtype == np.float16
     store = ClipStore(str(tmp_path / "out"), featurizer, llv_dim=8)  # a pack into the same output reuses them
     assert store.features(["s3"], lambda i: pytest.fail("recomputed a cached stimulus"))["s3"][0].shape == (8,)
+
+
+def test_store_resumes_after_an_interruption(featurizer, tmp_path):
+    data = stimuli(30)
+    store = ClipStore(str(tmp_path), featurizer, llv_dim=16, fit_samples=20, seed=2)
+    calls = []
+
+    def crash_after_fit(i):
+        if len(calls) >= 20:  # the fit sample is encoded, then the run dies
+            raise KeyboardInterrupt
+        calls.append(i)
+        return data[i]
+
+    with pytest.raises(KeyboardInterrupt):
+        store.features(list(data), crash_after_fit)
+    resumed = ClipStore(str(tmp_path), featurizer, llv_dim=16, fit_samples=20, seed=2)
+    assert len(resumed.cache) == 20  # the fit sample's features were saved with the basis
+    out = resumed.features(list(data), lambda i: data[i])
+    assert len(out) == 30

@@ -152,6 +152,11 @@ def test_hcp_splits_labels_and_storage(raw, hcp):
         keep = [synsets.index(c) for c in info["classes"]]
         np.testing.assert_array_equal(s.labels, wordnet[run][second, keep])
         assert versions[s.meta["subject"][4:]] in s.meta["stimulus"]
+    val = {}
+    for s in samples(hcp):
+        if s.meta["split"] == "val":
+            val.setdefault(s.meta["subject"], set()).add((s.meta["unit"], s.meta["index"]))
+    assert len(set(map(frozenset, val.values()))) == 1  # the same validation clips for every subject
     volume_bytes = 4 * np.prod(info["volume_shape"])
     bold_bytes = max(np.prod(sub["bold_shape"]) * 2 + 128 for sub in manifest["subjects"].values())
     assert bold_bytes <= 0.25 * volume_bytes
@@ -166,6 +171,13 @@ def test_bids_volume_and_roi_samples(raw, tmp_path):
     for s in samples(out):
         split_of.setdefault(s.meta["stimulus"], set()).add(s.meta["split"])
     assert all(len(v) == 1 for v in split_of.values())  # splits by stimulus, shared by the subjects
+    # --classes fixes the order, one name per line (names may hold spaces: "dining table").
+    names = sorted(
+        {c for line in (raw / "bids/LABELS.tsv").read_text().splitlines()[1:] for c in line.split("\t")[1].split(";")}
+    )
+    (tmp_path / "classes.txt").write_text("\n".join(reversed(names)) + "\n")
+    ordered = pack("pack-bids", raw, tmp_path / "ordered", "--classes", str(tmp_path / "classes.txt"))
+    assert json.loads((ordered / "manifest.json").read_text())["info"]["classes"] == list(reversed(names))
     # ROI mode: a three-label atlas on the bold grid, with its colour table.
     bold = nib.load(next((raw / "bids/sub-01/func").glob("*_bold.nii.gz")))
     atlas = np.zeros(bold.shape[:3], dtype=np.int16)

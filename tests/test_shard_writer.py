@@ -77,9 +77,34 @@ def test_interrupted_pack_resumes_to_the_clean_result(tmp_path):
             sub.add(sample)
     partial = sorted(p.name for p in (tmp_path / "broken" / "shards").iterdir())
     assert partial and not (tmp_path / "broken" / "manifest.json").exists()
-    assert not (tmp_path / "broken" / "parts").exists()  # the subject is not recorded as done
+    assert not (tmp_path / "broken" / "parts" / "subj01.json").exists()  # the subject is not recorded as done
+    assert (tmp_path / "broken" / "parts" / "subj01.pending.json").exists()
     assert write_set(out, {"nsd/subj01": 20}) == clean
     assert verify(out) == {}
+    assert not (tmp_path / "broken" / "parts" / "subj01.pending.json").exists()
+
+
+def test_interrupted_pack_rerun_with_other_settings_drops_its_stale_shards(tmp_path):
+    out = str(tmp_path / "broken")
+    writer = DatasetWriter(out, info(), maxcount=4)
+    with pytest.raises(RuntimeError), writer.subject("nsd/subj01", fingerprint={"n": 20}) as sub:
+        for i, sample in enumerate(make_samples("nsd/subj01", 20)):
+            if i == 13:
+                raise RuntimeError("killed")
+            sub.add(sample)
+    # The rerun uses other settings (maxcount 3): the old partial shards must not be kept.
+    assert write_set(out, {"nsd/subj01": 20}, maxcount=3) == write_set(str(tmp_path / "clean"), {"nsd/subj01": 20},
+                                                                        maxcount=3)  # fmt: skip
+    assert verify(out) == {}
+
+
+def test_dataset_settings_are_pinned_before_the_manifest_exists(tmp_path):
+    writer = DatasetWriter(str(tmp_path), info())
+    with pytest.raises(RuntimeError), writer.subject("nsd/subj01", {}) as sub:
+        sub.add(make_samples("nsd/subj01", 1)[0])
+        raise RuntimeError("killed before the manifest")
+    with pytest.raises(ShardSchemaError, match=r"info\.json: .* was packed with classes = "):
+        DatasetWriter(str(tmp_path), info(classes=list(reversed(info().classes))))
 
 
 def test_appending_a_subject_and_refusing_conflicts(tmp_path):
@@ -152,3 +177,23 @@ def test_meta_json_is_sorted_and_plain(tmp_path):
         _key, members = next(iter_raw_samples(io.BufferedReader(f)))
     meta = json.loads(members["meta.json"])
     assert list(meta) == sorted(meta)
+
+
+def test_verify_reports_instead_of_crashing(tmp_path):
+    manifest = write_set(str(tmp_path), {"nsd/subj01": 12})
+    first, second = manifest["shards"][0]["name"], manifest["shards"][1]["name"]
+    (tmp_path / first).unlink()
+    (tmp_path / first).mkdir()  # a folder where a shard should be
+    (tmp_path / "shards" / ".subj01-train-000009.tar.1a2b3c4d.tmp").write_bytes(b"partial")  # ignored
+    edited = json.loads((tmp_path / "manifest.json").read_text())
+    edited["shards"][1]["subject"] = "nsd/subj09"
+    edited["shards"].append(dict(edited["shards"][2], name=edited["shards"][2]["name"]))  # listed twice
+    (tmp_path / "manifest.json").write_text(json.dumps(edited))
+    bad = verify(str(tmp_path))
+    assert "unreadable" in bad[first][0]
+    assert "'nsd/subj09' is not among the manifest's subjects" in bad[second][0]
+    assert any("is also in" in p for p in bad[edited["shards"][2]["name"]])
+    assert not any(".tmp" in name for name in bad)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ShardSchemaError, match=r"manifest\.json is not valid JSON"):
+        verify(str(tmp_path))

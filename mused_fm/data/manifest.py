@@ -17,6 +17,8 @@ def read_manifest(url: str) -> dict:
     path = storage.join(url, MANIFEST)
     try:
         manifest = json.loads(storage.read_bytes(path))
+    except json.JSONDecodeError as err:
+        raise ShardSchemaError(f"{path} is not valid JSON ({err}); rerun the pack command to rewrite it.") from None
     except FileNotFoundError:
         raise ShardSchemaError(
             f"{path} does not exist: {url} is not a finished shard set (the manifest is written last, so a pack "

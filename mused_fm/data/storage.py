@@ -18,7 +18,7 @@ from pathlib import Path
 import fsspec
 
 __all__ = ["exists", "filesystem", "is_remote", "join", "listdir", "open_read", "put_file", "read_bytes",
-           "write_bytes"]  # fmt: skip
+           "remove", "write_bytes"]  # fmt: skip
 
 
 def is_remote(url: str) -> bool:
@@ -72,6 +72,13 @@ def write_bytes(url: str, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def remove(url: str) -> None:
+    """Delete a file if it exists."""
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm_file(path)
 
 
 def put_file(local_path: str | os.PathLike, url: str) -> None:

@@ -11,6 +11,8 @@ Layout under OUT:
     shards/<name>-<split>-NNNNNN.tar   one subject and split per shard, `maxcount` samples each
     preproc/<name>.npz                 the subject's preprocessing (PCA bases, means, masks)
     parts/<name>.json                  the subject's record; written once all its shards exist
+    parts/<name>.pending.json          the settings of a subject being packed (removed when it is done)
+    info.json                          the dataset-level settings, pinned before the first shard
     manifest.json                      dataset facts + every subject and shard; written last
 
 Nothing partial is ever visible: each shard is written to a local temporary file and renamed or
@@ -39,10 +41,11 @@ import numpy as np
 from mused_fm.data import storage
 from mused_fm.data.schema import META, SCHEMA_VERSION, SPLITS, Sample, ShardSchemaError
 
-__all__ = ["DatasetInfo", "DatasetWriter", "SubjectWriter", "encode_sample", "subject_name"]
+__all__ = ["DatasetInfo", "DatasetWriter", "SubjectWriter", "encode_sample", "is_packed", "subject_name"]
 
 logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
+INFO = "info.json"
 
 
 @dataclass
@@ -68,6 +71,18 @@ class DatasetInfo:
 def subject_name(subject_id: str) -> str:
     """File-name part of a global id: 'nsd/subj01' -> 'subj01', 'mysite/sub-01' -> 'sub-01'."""
     return subject_id.split("/", 1)[1]
+
+
+def _stored_fingerprint(fingerprint: dict[str, Any], maxcount: int) -> dict[str, Any]:
+    return {**json.loads(json.dumps(fingerprint)), "maxcount": maxcount}  # as stored: tuples become lists
+
+
+def is_packed(out_url: str, subject_id: str, fingerprint: dict[str, Any], maxcount: int) -> bool:
+    """Whether `subject_id` is already complete in `out_url` with these settings (so it can be skipped unread)."""
+    part_url = storage.join(str(out_url).rstrip("/"), "parts", f"{subject_name(subject_id)}.json")
+    if not storage.exists(part_url):
+        return False
+    return json.loads(storage.read_bytes(part_url))["fingerprint"] == _stored_fingerprint(fingerprint, maxcount)
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -105,26 +120,27 @@ class DatasetWriter:
     def __init__(self, out_url: str, info: DatasetInfo, maxcount: int = 2000, tool: str = "shards_tools") -> None:
         self.out, self.info, self.maxcount, self.tool = str(out_url).rstrip("/"), info, maxcount, tool
         self._tmp = tempfile.TemporaryDirectory(prefix="mused-shards-")
-        manifest_url = storage.join(self.out, MANIFEST)
-        if storage.exists(manifest_url):
-            self._check_same_dataset(json.loads(storage.read_bytes(manifest_url)))
-
-    def _check_same_dataset(self, manifest: dict) -> None:
-        mine = dataclasses.asdict(self.info)
-        for key, value in mine.items():
-            theirs = manifest.get("info", {}).get(key)
-            if theirs != value:
-                raise ShardSchemaError(
-                    f"{self.out}/{MANIFEST} was packed with {key} = {str(theirs)[:120]}, this pack has "
-                    f"{str(value)[:120]}. Pack into a new --out, or with the same settings."
-                )
+        # info.json is written before any shard, so even an interrupted pack pins the dataset's settings.
+        info_url = storage.join(self.out, INFO)
+        mine = json.loads(json.dumps(dataclasses.asdict(info)))
+        if storage.exists(info_url):
+            theirs = json.loads(storage.read_bytes(info_url))
+            for key, value in mine.items():
+                if theirs.get(key) != value:
+                    raise ShardSchemaError(
+                        f"{info_url}: {self.out} was packed with {key} = {str(theirs.get(key))[:120]}, this pack "
+                        f"has {str(value)[:120]}. Pack into a new --out, or with the same settings."
+                    )
+        else:
+            storage.write_bytes(info_url, (json.dumps(mine, indent=1) + "\n").encode())
 
     def subject(self, subject_id: str, fingerprint: dict[str, Any]) -> SubjectWriter | None:
         """A writer for one subject, or None when it is already packed with the same fingerprint."""
-        fingerprint = json.loads(json.dumps(fingerprint))  # compare as stored: tuples become lists
+        fingerprint = _stored_fingerprint(fingerprint, self.maxcount)
         if not subject_id.startswith(f"{self.info.dataset}/"):
             raise ShardSchemaError(f"subject id {subject_id!r} must start with '{self.info.dataset}/'.")
-        part_url = storage.join(self.out, "parts", f"{subject_name(subject_id)}.json")
+        name = subject_name(subject_id)
+        part_url = storage.join(self.out, "parts", f"{name}.json")
         if storage.exists(part_url):
             done = json.loads(storage.read_bytes(part_url))
             if done["fingerprint"] == fingerprint:
@@ -134,13 +150,22 @@ class DatasetWriter:
                 f"subject {subject_id} is already in {self.out} (packed with {done['fingerprint']}; this pack "
                 f"has {fingerprint}). Pack it into a new --out, or remove {part_url} and its shards to re-pack it."
             )
+        # An interrupted earlier pack of this subject left a pending record: its finished shards are kept
+        # only if they were made with the same settings; otherwise they are removed before packing.
+        pending_url = storage.join(self.out, "parts", f"{name}.pending.json")
+        if storage.exists(pending_url) and json.loads(storage.read_bytes(pending_url)) != fingerprint:
+            stale = [n for n in storage.listdir(storage.join(self.out, "shards")) if n.startswith(f"{name}-")]
+            logger.warning("%s: removing %d shards of an interrupted pack with other settings", subject_id, len(stale))
+            for shard in stale:
+                storage.remove(storage.join(self.out, "shards", shard))
+        storage.write_bytes(pending_url, json.dumps(fingerprint).encode())
         return SubjectWriter(self, subject_id, fingerprint)
 
     def finish(self) -> dict:
         """Gather every subject's record into manifest.json (written last, atomically) and return it."""
         subjects, shards = {}, []
         for entry in storage.listdir(storage.join(self.out, "parts")):
-            if not entry.endswith(".json"):
+            if not entry.endswith(".json") or entry.endswith(".pending.json"):
                 continue
             part = json.loads(storage.read_bytes(storage.join(self.out, "parts", entry)))
             subjects[part["subject"]] = {k: part[k] for k in ("counts", "bold_shape", "preproc", "fingerprint")}
@@ -228,4 +253,5 @@ class SubjectWriter:
         storage.write_bytes(
             storage.join(self.parent.out, "parts", f"{self.name}.json"), (json.dumps(part, indent=1) + "\n").encode()
         )
+        storage.remove(storage.join(self.parent.out, "parts", f"{self.name}.pending.json"))
         logger.info("%s: %s samples in %d shards", self.subject_id, self._counts, len(self._shards))
