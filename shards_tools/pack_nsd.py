@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
             image = h5["imgBrick"][nsd_id]
             return image, coco_captions.get(stim_info[nsd_id][0]) or [" "]  # the featurizer picks one
 
-        features = store.features([f"nsd{i:05d}" for i in images], load)
+        test_images = {f"nsd{int(t[2]):05d}" for p in prepared.values() for t in p["trials"] if t[3]}
+        features = store.features([f"nsd{i:05d}" for i in images], load, fit_exclude=test_images)
 
     info = DatasetInfo(
         dataset="nsd", kind="roi", classes=classes, clip=store.spec, llv_dim=args.llv_dim,
