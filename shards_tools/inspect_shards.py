@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(s['classes'])} classes: {names}")
     members = ", ".join(f"{k} {v:.0f} B" for k, v in s["member_bytes_per_sample"].items())
     print(f"per sample: {members}")
-    if "llv_fidelity_r" in s["clip"]:
-        print(f"llv reduction: {s['clip'].get('llv_full_dim')} -> {s['clip'].get('llv_dim')} dims, "
-              f"similarity r = {s['clip']['llv_fidelity_r']:.4f}")  # fmt: skip
+    llv = s["clip"].get("llv", {})
+    if "fidelity_r" in llv:
+        print(f"llv reduction: {llv['full_dim']} -> {llv['dim']} dims, similarity r = {llv['fidelity_r']:.4f} "
+              f"({'held-out' if llv.get('fidelity_held_out') else 'fitted'} stimuli)")  # fmt: skip
     return 0

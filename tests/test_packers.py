@@ -85,6 +85,12 @@ def test_nsd_counts_splits_and_labels(raw, nsd):
     assert verify(str(nsd)) == {}
 
 
+def test_inspect_reports_the_llv_fidelity(nsd, capsys):
+    assert cli(["inspect", str(nsd)]) == 0
+    out = capsys.readouterr().out
+    assert "nsd/subj01" in out and "80 classes: person, bicycle" in out and "(held-out stimuli)" in out
+
+
 def test_nsd_sample_labels_match_coco(raw, nsd):
     root = raw / "nsd/nsddata_stimuli/stimuli/nsd/annotations"
     cats, image_cats = {}, {}
