@@ -10,7 +10,7 @@ import io
 
 from mused_fm.data.manifest import read_manifest, shard_url
 from mused_fm.data.schema import SPLITS
-from mused_fm.data.tarfiles import iter_raw_samples, open_hashed
+from mused_fm.data.tarfiles import decode_block, iter_raw_records, open_hashed
 
 __all__ = ["add_arguments", "run", "summarize"]
 
@@ -25,12 +25,12 @@ def summarize(url: str) -> dict:
     info = manifest["info"]
     shards = manifest["shards"]
     samples = sum(s["count"] for s in shards)
-    member_bytes: dict[str, int] = {}
+    member_bytes: dict[str, float] = {}
     if shards:  # member sizes from the first shard: every sample of a subject has the same shapes
         with open_hashed(shard_url(url, shards[0])) as raw:
             seen = 0
-            for _, members in iter_raw_samples(io.BufferedReader(raw, 2**20)):
-                seen += 1
+            for key, members in iter_raw_records(io.BufferedReader(raw, 2**20)):
+                seen += len(decode_block(key, members))
                 for name, data in members.items():
                     member_bytes[name] = member_bytes.get(name, 0) + len(data)
         member_bytes = {k: v / seen for k, v in member_bytes.items()}

@@ -3,10 +3,10 @@
     python -m shards_tools verify /data/shards/nsd
     python -m shards_tools verify s3://my-bucket/shards/nsd
 
-Per shard: present, byte size and sha256 as recorded, every sample complete (all members, keys
+Per shard: present, byte size and sha256 as recorded, every record complete (all members, keys
 contiguous), arrays decode as plain .npy with the schema's dtype and the manifest's shape, finite
-values, meta fields present, meta subject and split equal to the shard's, and the sample count as
-recorded. Files under shards/ that the manifest does not list are reported too.
+values, meta fields present, meta subject and split equal to the shard's, the sample count as
+recorded, and sample keys unique across the set. Files under shards/ that the manifest does not list are reported too.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import logging
 from mused_fm.data import storage
 from mused_fm.data.manifest import expected_shapes, read_manifest, shard_url
 from mused_fm.data.schema import ShardSchemaError
-from mused_fm.data.tarfiles import decode_sample, iter_raw_samples, open_hashed
+from mused_fm.data.tarfiles import decode_block, iter_raw_records, open_hashed
 
 __all__ = ["add_arguments", "run", "verify"]
 
@@ -45,15 +45,17 @@ def check_shard(url: str, manifest: dict, shard: dict, keys: list[str] | None = 
     count = 0
     with raw:
         try:
-            for key, members in iter_raw_samples(io.BufferedReader(raw, 2**20)):
-                count += 1
+            for key, members in iter_raw_records(io.BufferedReader(raw, 2**20)):
                 try:
-                    keys.append(key)
-                    sample = decode_sample(key, members)
-                    sample.check(shapes)
-                    if (sample.meta["subject"], sample.meta["split"]) != (shard["subject"], shard["split"]):
-                        problems.append(f"{key}: meta says {sample.meta['subject']} {sample.meta['split']}, "
-                                        f"the shard holds {shard['subject']} {shard['split']}")  # fmt: skip
+                    block = decode_block(key, members)
+                    count += len(block)
+                    block.check(shapes)
+                    keys.extend(m["key"] for m in block.metas)
+                    wrong = [m["key"] for m in block.metas
+                             if (m["subject"], m["split"]) != (shard["subject"], shard["split"])]  # fmt: skip
+                    if wrong:
+                        problems.append(f"{wrong[0]}: meta says another subject or split than the shard's "
+                                        f"{shard['subject']} {shard['split']}")  # fmt: skip
                 except ShardSchemaError as err:
                     problems.append(str(err))
         except Exception as err:  # a truncated or corrupt tar surfaces as tarfile/EOF errors

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mused_fm.data.tarfiles import decode_sample, iter_raw_samples
+from mused_fm.data.tarfiles import iter_samples
 from mused_fm.metrics import multilabel_metrics
 from shards_tools.__main__ import main as cli
 from shards_tools.hcp_files import MOVIES, HcpResources
@@ -45,7 +45,7 @@ def samples(out: Path) -> list:
     found = []
     for shard in manifest["shards"]:
         with open(out / shard["name"], "rb") as f:
-            found += [decode_sample(k, m) for k, m in iter_raw_samples(f)]
+            found += list(iter_samples(f))
     return found
 
 

@@ -1,4 +1,4 @@
-"""Stream samples out of one shard: group tar members by key, decode .npy (no pickle) and JSON.
+"""Stream records out of one shard: group tar members by key, decode .npy (no pickle) and JSON.
 
 Used by `shards_tools verify` and `inspect`; it reads every byte once and hashes as it reads.
 """
@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from mused_fm.data import storage
-from mused_fm.data.schema import MEMBERS, META, Sample, ShardSchemaError
+from mused_fm.data.schema import BOLD, CLIP_HLV, CLIP_LLV, LABELS, MEMBERS, META, Block, Sample, ShardSchemaError
 
-__all__ = ["HashingReader", "decode_sample", "iter_raw_samples"]
+__all__ = ["HashingReader", "decode_array", "decode_block", "iter_raw_records", "iter_samples", "open_hashed"]
 
 
 class HashingReader(io.RawIOBase):
@@ -40,8 +40,8 @@ class HashingReader(io.RawIOBase):
             pass
 
 
-def iter_raw_samples(stream) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {member: bytes}) for each run of consecutive members that share a key."""
+def iter_raw_records(stream) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(record key, {member: bytes}) for each run of consecutive members that share a key."""
     key, members = None, {}
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for info in tar:
@@ -53,27 +53,37 @@ def iter_raw_samples(stream) -> Iterator[tuple[str, dict[str, bytes]]]:
                 members = {}
             key = k
             if member in members:
-                raise ShardSchemaError(f"sample {k!r} has member {member!r} twice (keys must be contiguous).")
+                raise ShardSchemaError(f"record {k!r} has member {member!r} twice (keys must be contiguous).")
             members[member] = tar.extractfile(info).read()
     if key is not None:
         yield key, members
 
 
-def decode_sample(key: str, members: dict[str, bytes]) -> Sample:
+def decode_array(data: bytes, where: str) -> np.ndarray:
+    try:
+        return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+    except ValueError as err:
+        raise ShardSchemaError(f"{where} is not a plain .npy array ({err}).") from None
+
+
+def decode_block(key: str, members: dict[str, bytes]) -> Block:
     missing = [m for m in (*MEMBERS, META) if m not in members]
     if missing:
-        raise ShardSchemaError(f"sample {key!r} lacks {missing}.")
-    arrays = {}
-    for name in MEMBERS:
-        try:
-            arrays[name] = np.lib.format.read_array(io.BytesIO(members[name]), allow_pickle=False)
-        except ValueError as err:
-            raise ShardSchemaError(f"{key}.{name} is not a plain .npy array ({err}).") from None
+        raise ShardSchemaError(f"record {key!r} lacks {missing}.")
+    arrays = {name: decode_array(members[name], f"{key}.{name}") for name in MEMBERS}
     try:
-        meta = json.loads(members[META])
+        metas = json.loads(members[META])
     except json.JSONDecodeError as err:
         raise ShardSchemaError(f"{key}.{META} is not valid JSON ({err}).") from None
-    return Sample(key, arrays["bold.npy"], arrays["clip_llv.npy"], arrays["clip_hlv.npy"], arrays["labels.npy"], meta)
+    if not isinstance(metas, list):
+        raise ShardSchemaError(f"{key}.{META} must be a list of sample metas, got {type(metas).__name__}.")
+    return Block(key, arrays[BOLD], arrays[CLIP_LLV], arrays[CLIP_HLV], arrays[LABELS], metas)
+
+
+def iter_samples(stream) -> Iterator[Sample]:
+    """Every sample of a shard, in order."""
+    for key, members in iter_raw_records(stream):
+        yield from decode_block(key, members).samples()
 
 
 def open_hashed(url: str) -> HashingReader:

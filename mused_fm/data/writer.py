@@ -8,7 +8,8 @@
     writer.finish()                                  # manifest.json, written last
 
 Layout under OUT:
-    shards/<name>-<split>-NNNNNN.tar   one subject and split per shard, `maxcount` samples each
+    shards/<name>-<split>-NNNNNN.tar   one subject and split per shard, `maxcount` samples each, in records
+                                       (blocks) of `block_size` samples (schema.py)
     preproc/<name>.npz                 the subject's preprocessing (PCA bases, means, masks)
     parts/<name>.json                  the subject's record; written once all its shards exist
     parts/<name>.pending.json          the settings of a subject being packed (removed when it is done)
@@ -39,9 +40,9 @@ from typing import Any, Literal
 import numpy as np
 
 from mused_fm.data import storage
-from mused_fm.data.schema import META, SCHEMA_VERSION, SPLITS, Sample, ShardSchemaError
+from mused_fm.data.schema import META, SCHEMA_VERSION, SPLITS, Block, Sample, ShardSchemaError
 
-__all__ = ["DatasetInfo", "DatasetWriter", "SubjectWriter", "encode_sample", "is_packed", "subject_name"]
+__all__ = ["DatasetInfo", "DatasetWriter", "SubjectWriter", "encode_block", "is_packed", "subject_name"]
 
 logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -73,16 +74,18 @@ def subject_name(subject_id: str) -> str:
     return subject_id.split("/", 1)[1]
 
 
-def _stored_fingerprint(fingerprint: dict[str, Any], maxcount: int) -> dict[str, Any]:
-    return {**json.loads(json.dumps(fingerprint)), "maxcount": maxcount}  # as stored: tuples become lists
+def _stored_fingerprint(fingerprint: dict[str, Any], maxcount: int, block_size: int) -> dict[str, Any]:
+    stored = {**fingerprint, "maxcount": maxcount, "block_size": block_size}
+    return json.loads(json.dumps(stored))  # as stored: tuples become lists
 
 
-def is_packed(out_url: str, subject_id: str, fingerprint: dict[str, Any], maxcount: int) -> bool:
+def is_packed(out_url: str, subject_id: str, fingerprint: dict[str, Any], maxcount: int, block_size: int = 128) -> bool:
     """Whether `subject_id` is already complete in `out_url` with these settings (so it can be skipped unread)."""
     part_url = storage.join(str(out_url).rstrip("/"), "parts", f"{subject_name(subject_id)}.json")
     if not storage.exists(part_url):
         return False
-    return json.loads(storage.read_bytes(part_url))["fingerprint"] == _stored_fingerprint(fingerprint, maxcount)
+    stored = _stored_fingerprint(fingerprint, maxcount, block_size)
+    return json.loads(storage.read_bytes(part_url))["fingerprint"] == stored
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -91,17 +94,17 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def encode_sample(sample: Sample) -> list[tuple[str, bytes]]:
-    """(member name, bytes) in tar order: the arrays as .npy, then meta as sorted JSON."""
-    members = [(f"{sample.key}.{name}", _npy(array)) for name, array in sample.arrays().items()]
-    members.append((f"{sample.key}.{META}", json.dumps(sample.meta, sort_keys=True).encode()))
+def encode_block(block: Block) -> list[tuple[str, bytes]]:
+    """(member name, bytes) in tar order: the stacked arrays as .npy, then the metas as sorted JSON."""
+    members = [(f"{block.key}.{name}", _npy(array)) for name, array in block.arrays().items()]
+    members.append((f"{block.key}.{META}", json.dumps(block.metas, sort_keys=True).encode()))
     return members
 
 
-def _write_tar(path: Path, samples: list[Sample]) -> None:
+def _write_tar(path: Path, blocks: list[Block]) -> None:
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for sample in samples:
-            for name, data in encode_sample(sample):
+        for block in blocks:
+            for name, data in encode_block(block):
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime, info.mode = len(data), 0, 0o444  # fixed: byte-identical reruns
                 tar.addfile(info, io.BytesIO(data))
@@ -117,8 +120,11 @@ def _sha256(url: str) -> tuple[str, int]:
 
 
 class DatasetWriter:
-    def __init__(self, out_url: str, info: DatasetInfo, maxcount: int = 2000, tool: str = "shards_tools") -> None:
+    def __init__(
+        self, out_url: str, info: DatasetInfo, maxcount: int = 2000, tool: str = "shards_tools", block_size: int = 128
+    ) -> None:
         self.out, self.info, self.maxcount, self.tool = str(out_url).rstrip("/"), info, maxcount, tool
+        self.block_size = block_size
         self._tmp = tempfile.TemporaryDirectory(prefix="mused-shards-")
         # info.json is written before any shard, so even an interrupted pack pins the dataset's settings.
         info_url = storage.join(self.out, INFO)
@@ -136,7 +142,7 @@ class DatasetWriter:
 
     def subject(self, subject_id: str, fingerprint: dict[str, Any]) -> SubjectWriter | None:
         """A writer for one subject, or None when it is already packed with the same fingerprint."""
-        fingerprint = _stored_fingerprint(fingerprint, self.maxcount)
+        fingerprint = _stored_fingerprint(fingerprint, self.maxcount, self.block_size)
         if not subject_id.startswith(f"{self.info.dataset}/"):
             raise ShardSchemaError(f"subject id {subject_id!r} must start with '{self.info.dataset}/'.")
         name = subject_name(subject_id)
@@ -237,7 +243,10 @@ class SubjectWriter:
             logger.info("%s exists; keeping it", name)
         else:
             local = Path(self.parent._tmp.name) / f"{self.name}-{split}-{index:06d}.tar"
-            _write_tar(local, samples)
+            size = self.parent.block_size
+            blocks = [Block.from_samples(f"{self.name}-{split}-{index:06d}-b{j // size:04d}", samples[j : j + size])
+                      for j in range(0, len(samples), size)]  # fmt: skip
+            _write_tar(local, blocks)
             storage.put_file(local, url)
         sha, size = _sha256(url)
         self._shards.append({"name": name, "subject": self.subject_id, "split": split, "count": len(samples),
