@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
@@ -16,9 +18,9 @@ def info(**overrides) -> DatasetInfo:
     return DatasetInfo(**{**base, **overrides})
 
 
-def make_samples(subject: str, n: int, seed: int = 0) -> list[Sample]:
-    """n samples of one subject; every 5th is test and every 7th validation, in trial order."""
-    rng = np.random.default_rng(seed)
+def make_samples(subject: str, n: int) -> list[Sample]:
+    """n samples of one subject (seeded by its name); every 5th is test and every 7th validation."""
+    rng = np.random.default_rng(zlib.crc32(subject.encode()))
     out = []
     for i in range(n):
         split = "test" if i % 5 == 0 else "val" if i % 7 == 0 else "train"

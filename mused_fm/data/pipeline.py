@@ -1,0 +1,210 @@
+"""WebDataset pipelines that turn shards into training and evaluation batches.
+
+Shape legend: B batch, R ROIs, F features per ROI, X/Y/Z the volume grid, K llv width, P hlv width,
+C classes.
+
+Training (`train_loader`), stage by stage:
+    shard URLs of the split -> ResampledShards (seeded per run, rank and worker: every rank draws its
+    own endless stream, so no rank runs dry) -> tar records -> decoded blocks (np.frombuffer-speed
+    .npy, subject names mapped to token rows once per block, volume datasets unmasked into the grid)
+    -> shuffle buffer of blocks, permuted and cut into batches -> WebLoader(batch_size=None)
+    .with_epoch(n): exactly n batches per rank per epoch, whatever the worker count, so DeepSpeed
+    ranks never wait on each other.
+A record that cannot be read is skipped, logged with its shard and counted: every batch carries
+`n_skipped`, the records skipped since the previous batch of its worker, for the run's metrics.
+
+Evaluation (`eval_batches`): each test sample exactly once: shards in a fixed order, shard i read by
+rank i % world_size, no resampling, no shuffling; the trainer gathers predictions across ranks.
+
+Batches are dicts of CPU tensors: bold (B, R, F) or (B, X, Y, Z) float16, subject_row (B,) int64,
+labels (B, C) uint8, clip_llv (B, K) and clip_hlv (B, P) float16, plus dataset, n_skipped and, in
+evaluation, subject ids.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import torch
+import webdataset as wds
+
+import mused_fm.data.s3  # noqa: F401  (registers the s3:// opener in this process and in workers)
+from mused_fm.data import storage
+from mused_fm.data.manifest import read_manifest, shard_url
+from mused_fm.data.schema import ShardSchemaError
+from mused_fm.data.tarfiles import decode_block, iter_raw_records
+from mused_fm.model.registry import UnknownSubjectError
+
+__all__ = ["DatasetStream", "eval_batches", "split_batch", "train_loader"]
+
+logger = logging.getLogger(__name__)
+_skipped = 0  # records skipped in this process (a DataLoader worker counts its own)
+
+
+def _skip_and_count(exn: Exception) -> bool:
+    """webdataset handler: name the shard and the error, count it, go on."""
+    global _skipped
+    if isinstance(exn, UnknownSubjectError):
+        raise exn  # a configuration error, not corrupt data
+    _skipped += 1
+    url = exn.args[-1] if exn.args and isinstance(exn.args[-1], str) else "?"
+    logger.warning("skipping an unreadable record of %s: %s", url, repr(exn)[:300])
+    return True
+
+
+def split_batch(total: int, weights: Mapping[str, float]) -> dict[str, int]:
+    """Samples per dataset in one step, proportional to weights, each at least 1 (largest remainder)."""
+    if total < len(weights):
+        raise ValueError(f"a batch of {total} cannot give each of the {len(weights)} datasets a sample.")
+    names = list(weights)
+    spare = total - len(names)
+    raw = [spare * weights[n] / sum(weights.values()) for n in names]
+    counts = [1 + math.floor(r) for r in raw]
+    for i in sorted(range(len(names)), key=lambda i: raw[i] - math.floor(raw[i]), reverse=True)[: total - sum(counts)]:
+        counts[i] += 1
+    return dict(zip(names, counts, strict=True))
+
+
+class DatasetStream:
+    """What the pipeline needs of one dataset's shard set: shard URLs, subject rows and volume masks."""
+
+    def __init__(self, name: str, url: str, subject_rows: Mapping[str, int], subjects: list[str] | None = None):
+        self.name, self.url = name, str(url).rstrip("/")
+        self.manifest = read_manifest(self.url)
+        self.info = self.manifest["info"]
+        known = self.manifest["subjects"]
+        wanted = [f"{name}/{s}" for s in subjects] if subjects else list(known)
+        missing = [s for s in wanted if s not in known]
+        if missing:
+            raise ValueError(f"data.datasets.{name}.subjects lists {missing}, which {self.url}/manifest.json lacks "
+                             f"(it has {', '.join(known)}).")  # fmt: skip
+        self.subjects = wanted
+        self.rows = dict(subject_rows)
+        self.masks: dict[str, np.ndarray] = {}
+        if self.info["kind"] == "volume":  # masked vectors go back into the grid: one shape for all subjects
+            for sid in wanted:
+                with np.load(io.BytesIO(storage.read_bytes(storage.join(self.url, known[sid]["preproc"])))) as f:
+                    self.masks[sid] = np.flatnonzero(f["mask"].ravel())
+
+    def shard_urls(self, split: str) -> list[str]:
+        urls = [shard_url(self.url, s) for s in self.manifest["shards"]
+                if s["split"] == split and s["subject"] in self.subjects]  # fmt: skip
+        if not urls:
+            raise ValueError(f"{self.url} has no {split!r} shards for {self.subjects}; check the split and subjects.")
+        return urls
+
+    def count(self, split: str) -> int:
+        return sum(s["count"] for s in self.manifest["shards"] if s["split"] == split and s["subject"] in self.subjects)
+
+    def arrays(self, record: dict) -> dict[str, np.ndarray]:
+        """A decoded block as arrays (bold unmasked for volume datasets) with token rows per sample."""
+        block = decode_block(record["__key__"], {k: v for k, v in record.items() if not k.startswith("__")})
+        subject = block.metas[0]["subject"]
+        if subject not in self.rows:
+            raise UnknownSubjectError(
+                f"{record.get('__url__', self.url)}: subject {subject!r} is not in the model's registry; train "
+                "with it (list it in the recipe or the manifest) or add it with launch/adapt_subject.py."
+            )
+        bold = block.bold
+        if self.masks:
+            grid = self.info["volume_shape"]
+            volume = np.zeros((len(block), int(np.prod(grid))), dtype=np.float16)
+            volume[:, self.masks[subject]] = bold
+            bold = volume.reshape(len(block), *grid)
+        return {"bold": bold, "subject_row": np.full(len(block), self.rows[subject], dtype=np.int64),
+                "labels": block.labels, "clip_llv": block.clip_llv, "clip_hlv": block.clip_hlv,
+                "subject": np.array([subject] * len(block))}  # fmt: skip
+
+
+def _to_batch(arrays: dict[str, np.ndarray], dataset: str, n_skipped: int) -> dict:
+    batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items() if k != "subject"}
+    return {**batch, "subject": arrays["subject"].tolist(), "dataset": dataset, "n_skipped": n_skipped}
+
+
+class ShuffledBatches:
+    """Pipeline stage: records -> batches, mixing the samples of about `buffer` samples' worth of blocks.
+
+    A class rather than a closure so that spawned DataLoader workers can receive it.
+    """
+
+    def __init__(self, stream: DatasetStream, batch_size: int, buffer: int, seed: int) -> None:
+        self.stream, self.batch_size, self.buffer, self.seed = stream, batch_size, max(buffer, batch_size), seed
+
+    def __call__(self, records: Iterator[dict]) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        rank = int(wds.utils.pytorch_worker_info()[0])
+        rng = np.random.default_rng([self.seed, rank, info.id if info else 0])
+        pool: list[dict[str, np.ndarray]] = []
+        held, reported = 0, 0
+        for record in records:
+            try:
+                arrays = self.stream.arrays(record)
+            except UnknownSubjectError:
+                raise
+            except (ShardSchemaError, ValueError, KeyError) as err:
+                _skip_and_count(err.__class__(*err.args, record.get("__url__", "?")))
+                continue
+            pool.append(arrays)
+            held += len(arrays["labels"])
+            if held < self.buffer:
+                continue
+            merged = {k: np.concatenate([p[k] for p in pool]) for k in pool[0]}
+            order = rng.permutation(held)
+            cut = held - held % self.batch_size
+            for start in range(0, cut, self.batch_size):
+                pick = order[start : start + self.batch_size]
+                yield _to_batch({k: v[pick] for k, v in merged.items()}, self.stream.name, _skipped - reported)
+                reported = _skipped
+            rest = order[cut:]
+            pool, held = ([{k: v[rest] for k, v in merged.items()}], len(rest)) if len(rest) else ([], 0)
+
+
+def train_loader(
+    stream: DatasetStream,
+    split: str,
+    batch_size: int,
+    epoch_batches: int,
+    seed: int,
+    num_workers: int = 2,
+    buffer: int = 2048,
+    worker_context: str | None = "spawn",
+) -> wds.WebLoader:
+    """Endless shuffled batches of one dataset; `epoch_batches` per iteration on every rank.
+
+    Args:
+        seed: the run seed folded with the global step on resume, so a resumed run draws new data.
+        worker_context: multiprocessing start method of the workers (spawn: s3fs is not fork-safe).
+    """
+    pipeline = wds.DataPipeline(
+        wds.ResampledShards(stream.shard_urls(split), seed=seed, deterministic=True),  # per rank and worker
+        wds.tarfile_to_samples(handler=_skip_and_count),  # a record = one block of up to 128 samples
+        ShuffledBatches(stream, batch_size, buffer, seed),
+    )
+    kwargs = {"multiprocessing_context": worker_context, "persistent_workers": True} if num_workers else {}
+    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, **kwargs)
+    return loader.with_epoch(epoch_batches)  # on the loader, not the dataset: not multiplied by workers
+
+
+def eval_batches(stream: DatasetStream, split: str, batch_size: int, rank: int = 0, world_size: int = 1):
+    """Each sample of the split exactly once across ranks: shard i is read by rank i % world_size."""
+    urls = stream.shard_urls(split)[rank::world_size]
+    pending: list[dict[str, np.ndarray]] = []
+    held = 0
+    for url in urls:
+        with storage.open_read(url) as f:
+            for key, members in iter_raw_records(f):
+                arrays = stream.arrays({"__key__": key, "__url__": url, **members})  # errors raise: eval is whole
+                pending.append(arrays)
+                held += len(arrays["labels"])
+                while held >= batch_size:
+                    merged = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+                    yield _to_batch({k: v[:batch_size] for k, v in merged.items()}, stream.name, 0)
+                    pending = [{k: v[batch_size:] for k, v in merged.items()}]
+                    held -= batch_size
+    if held:
+        merged = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+        yield _to_batch(merged, stream.name, 0)

@@ -1,0 +1,128 @@
+"""Training and evaluation pipelines over shards written by the real writer, on disk and on S3."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from mused_fm.data.pipeline import DatasetStream, eval_batches, split_batch, train_loader
+from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
+from mused_fm.data.writer import DatasetWriter
+from mused_fm.model.registry import UnknownSubjectError
+
+from shard_helpers import info, make_samples, write_set
+
+ROWS = {"nsd/subj01": 0, "nsd/subj02": 1, "nsd/subj03": 2}
+
+
+@pytest.fixture
+def nsd(tmp_path) -> str:
+    write_set(str(tmp_path / "nsd"), {"nsd/subj01": 90, "nsd/subj02": 60, "nsd/subj03": 45}, maxcount=20)
+    return str(tmp_path / "nsd")
+
+
+def written(subject_counts) -> dict[bytes, Sample]:
+    return {s.bold.tobytes(): s for subject, n in subject_counts.items() for s in make_samples(subject, n)}
+
+
+def test_batches_are_real_samples_with_their_subject_rows(nsd):
+    truth = written({"nsd/subj01": 90, "nsd/subj02": 60, "nsd/subj03": 45})
+    loader = train_loader(DatasetStream("nsd", nsd, ROWS), "train", batch_size=8, epoch_batches=6, seed=0,
+                          num_workers=0, buffer=32)  # fmt: skip
+    batches = list(loader)
+    assert len(batches) == 6
+    for batch in batches:
+        assert batch["bold"].shape == (8, 3, 5) and batch["bold"].dtype == torch.float16
+        assert batch["labels"].dtype == torch.uint8 and batch["clip_llv"].shape == (8, 11)
+        for i in range(8):
+            sample = truth[batch["bold"][i].numpy().tobytes()]  # every row is a written training sample
+            assert sample.meta["split"] == "train" and sample.meta["subject"] == batch["subject"][i]
+            assert batch["subject_row"][i] == ROWS[sample.meta["subject"]]
+            np.testing.assert_array_equal(batch["labels"][i].numpy(), sample.labels)
+    assert len({s for b in batches for s in b["subject"]}) == 3  # the buffer mixes subjects
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_every_rank_gets_the_same_number_of_batches(nsd, monkeypatch, num_workers):
+    counts = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        loader = train_loader(DatasetStream("nsd", nsd, ROWS), "train", batch_size=4, epoch_batches=7, seed=rank,
+                              num_workers=num_workers, buffer=16)  # fmt: skip
+        counts.append(sum(1 for _ in loader))
+        counts.append(sum(1 for _ in loader))  # a second epoch of the same loader
+    assert counts == [7, 7, 7, 7]
+
+
+def test_unknown_subject_is_an_error_naming_the_shard(nsd):
+    loader = train_loader(DatasetStream("nsd", nsd, {"nsd/subj01": 0}), "train", batch_size=4, epoch_batches=20,
+                          seed=0, num_workers=0, buffer=4)  # fmt: skip
+    with pytest.raises(UnknownSubjectError, match=r"shards/subj0[23]-train-\d+\.tar: subject 'nsd/subj0[23]'"):
+        list(loader)
+
+
+def test_corrupt_shard_is_skipped_counted_and_named(nsd, tmp_path, caplog):
+    manifest_shards = sorted((tmp_path / "nsd" / "shards").glob("subj01-train-*.tar"))
+    data = manifest_shards[0].read_bytes()
+    manifest_shards[0].write_bytes(data[: len(data) // 3])
+    stream = DatasetStream("nsd", nsd, ROWS, subjects=["subj01"])
+    loader = train_loader(stream, "train", batch_size=4, epoch_batches=40, seed=0, num_workers=0, buffer=4)
+    with caplog.at_level(logging.WARNING, logger="mused_fm.data.pipeline"):
+        batches = list(loader)
+    assert len(batches) == 40 and sum(b["n_skipped"] for b in batches) >= 1
+    assert manifest_shards[0].name in caplog.text
+
+
+def test_evaluation_reads_each_sample_exactly_once(nsd):
+    truth = {k: s for k, s in written({"nsd/subj01": 90, "nsd/subj02": 60, "nsd/subj03": 45}).items()
+             if s.meta["split"] == "test"}  # fmt: skip
+    stream = DatasetStream("nsd", nsd, ROWS)
+    seen = [
+        row.numpy().tobytes() for rank in (0, 1) for b in eval_batches(stream, "test", 7, rank, 2) for row in b["bold"]
+    ]
+    assert sorted(seen) == sorted(truth) and stream.count("test") == len(truth)
+
+
+def test_volume_samples_are_unmasked_into_the_grid(tmp_path):
+    grid = (3, 4, 5)
+    mask = np.zeros(grid, bool)
+    mask[1:, 1:3, ::2] = True
+    writer = DatasetWriter(
+        str(tmp_path), info(dataset="hcp", kind="volume", volume_shape=list(grid), rois=[], roi_dim=0)
+    )
+    rng = np.random.default_rng(0)
+    with writer.subject("hcp/100610", {}) as sub:
+        sub.save_preproc({"mask": mask})
+        for i in range(10):
+            meta = {"dataset": "hcp", "subject": "hcp/100610", "site": "hcp", "stimulus": f"t{i}", "split": "test",
+                    "unit": "run4", "index": i, "schema": SCHEMA_VERSION}  # fmt: skip
+            sub.add(Sample(sample_key("hcp", "100610", "run4", i), rng.standard_normal(mask.sum()).astype(np.float16),
+                           np.zeros(11, np.float16), np.zeros(6, np.float16), np.zeros(7, np.uint8), meta))  # fmt: skip
+    writer.finish()
+    batch = next(eval_batches(DatasetStream("hcp", str(tmp_path), {"hcp/100610": 4}), "test", 10))
+    assert batch["bold"].shape == (10, 3, 4, 5)
+    assert torch.all(batch["bold"][:, ~torch.from_numpy(mask)] == 0)
+    assert (batch["subject_row"] == 4).all()
+
+
+def test_split_batch_follows_the_weights():
+    assert split_batch(64, {"nsd": 1.0, "hcp": 1.0}) == {"nsd": 32, "hcp": 32}
+    assert split_batch(10, {"nsd": 3.0, "hcp": 1.0}) == {"nsd": 7, "hcp": 3}
+    assert split_batch(3, {"a": 100.0, "b": 0.01, "c": 0.01}) == {"a": 1, "b": 1, "c": 1}
+    with pytest.raises(ValueError, match="cannot give each of the 3 datasets"):
+        split_batch(2, {"a": 1, "b": 1, "c": 1})
+
+
+@pytest.mark.slow
+def test_streams_from_s3_with_spawned_workers(s3_bucket):
+    url = f"s3://{s3_bucket}/shards/nsd"
+    write_set(url, {"nsd/subj01": 40, "nsd/subj02": 40}, maxcount=10)
+    loader = train_loader(DatasetStream("nsd", url, ROWS), "train", batch_size=4, epoch_batches=5, seed=0,
+                          num_workers=2, buffer=8)  # fmt: skip
+    batches = list(loader)
+    assert len(batches) == 5 and all(b["bold"].shape == (4, 3, 5) for b in batches)
