@@ -1,0 +1,143 @@
+"""Loader benchmark: samples/s of the training pipeline from local shards and from S3, against training.
+
+    python -m mused_fm.bench loader --json docs/bench_loader.json
+
+Writes NSD-shaped shards with the real writer (bold 10 x 268 float16, llv 1024, hlv 512, 80 labels,
+records of 128 samples), then times `train_loader` (batch 64, shuffle buffer 2048, in the main
+process on one thread: per core) reading them from a folder, and from a moto S3 server on loopback
+in a process of its own (on the machine's other core, as a remote store would not use ours).
+`train_samples_per_s` is what one flagship training step (24 x 512, fwd+bwd, the model benchmark's
+step) consumes on this device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from mused_fm.data.pipeline import DatasetStream, train_loader
+from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
+from mused_fm.data.writer import DatasetInfo, DatasetWriter
+
+SUBJECTS = [f"nsd/subj0{i}" for i in range(1, 9)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--samples", type=int, default=16384, help="NSD-shaped samples to write")
+    parser.add_argument("--batches", type=int, default=200, help="batches of 64 to time per source")
+    parser.add_argument("--no-s3", action="store_true", help="skip the moto S3 measurement")
+
+
+def _write(url: str, n: int) -> None:
+    info = DatasetInfo(dataset="nsd", kind="roi", classes=[f"c{i}" for i in range(80)], clip={}, llv_dim=1024,
+                       hlv_dim=512, rois=[{"name": f"r{i}"} for i in range(10)], roi_dim=268)  # fmt: skip
+    writer = DatasetWriter(url, info, maxcount=2048)
+    rng = np.random.default_rng(0)
+    for subject in SUBJECTS:
+        with writer.subject(subject, {}) as sub:
+            for i in range(n // len(SUBJECTS)):
+                meta = {"dataset": "nsd", "subject": subject, "site": "nsd", "stimulus": f"nsd{i:05d}",
+                        "split": "train", "unit": "s01", "index": i, "schema": SCHEMA_VERSION}  # fmt: skip
+                arrays = [rng.standard_normal(shape).astype(np.float16) for shape in ((10, 268), 1024, 512)]
+                labels = (rng.random(80) < 0.05).astype(np.uint8)
+                sub.add(Sample(sample_key("nsd", subject, "s01", i), *arrays, labels, meta))
+    writer.finish()
+
+
+def _rate(url: str, batches: int) -> float:
+    rows = {s: i for i, s in enumerate(SUBJECTS)}
+    loader = train_loader(DatasetStream("nsd", url, rows), "train", batch_size=64, epoch_batches=batches + 10,
+                          seed=0, num_workers=0, buffer=2048)  # fmt: skip
+    it = iter(loader)
+    for _ in range(10):  # warm-up: fill the shuffle buffer, open the first shards
+        next(it)
+    start = time.perf_counter()
+    n = sum(len(next(it)["subject"]) for _ in range(batches))
+    return n / (time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _moto_bucket():
+    """A moto S3 server in its own process on loopback (in-process, its threads would share our core)."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    import s3fs
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+                                            "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")}  # fmt: skip
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
+                       "AWS_EC2_METADATA_DISABLED": "true"})  # fmt: skip
+    try:
+        for _ in range(100):  # the server takes a few seconds to import
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/").close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        s3fs.S3FileSystem.clear_instance_cache()
+        s3fs.S3FileSystem().mkdir("mused-bench")
+        yield "s3://mused-bench"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _train_rate() -> float:
+    from mused_fm.bench.model import add_arguments as model_args
+    from mused_fm.bench.model import run as model_run
+
+    parser = argparse.ArgumentParser()
+    model_args(parser)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        return model_run(parser.parse_args(["--rounds", "2", "--hcp-rounds", "0"]))["samples_per_s"]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(1)  # per core
+    with tempfile.TemporaryDirectory(prefix="mused-bench-loader-") as tmp:
+        _write(f"{tmp}/nsd", args.samples)
+        local = _rate(f"{tmp}/nsd", args.batches)
+    result = {"samples_per_s": local, "samples": args.samples, "batch_size": 64, "cores": 1}
+    if not args.no_s3:
+        with _moto_bucket() as bucket:
+            _write(f"{bucket}/nsd", args.samples)
+            result["s3_samples_per_s"] = _rate(f"{bucket}/nsd", args.batches)
+        result["s3_ratio_to_local"] = result["s3_samples_per_s"] / local
+    result["train_samples_per_s"] = _train_rate()
+    result["ratio_to_training"] = local / result["train_samples_per_s"]
+    return result
+
+
+def report(result: dict) -> str:
+    lines = [f"local shards     {result['samples_per_s']:10.0f} samples/s (one core, batch 64)"]
+    if "s3_samples_per_s" in result:
+        lines.append(f"moto S3          {result['s3_samples_per_s']:10.0f} samples/s  "
+                     f"(ratio to local {result['s3_ratio_to_local']:.2f})")  # fmt: skip
+    lines.append(f"flagship step    {result['train_samples_per_s']:10.1f} samples/s consumed  "
+                 f"(loader / training = {result['ratio_to_training']:.0f})")  # fmt: skip
+    return "\n".join(lines)
