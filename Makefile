@@ -40,6 +40,8 @@ lint: install
 
 bench: install
 	$(PY) -m mused_fm.bench model --rounds 9 --json docs/bench_model.json
+	$(PY) -m mused_fm.bench loader --json docs/bench_loader.json
+	$(PY) -m mused_fm.bench pack --json docs/bench_pack.json
 
 demo:
 	@echo "make demo arrives with the trainer (issue: DeepSpeed ZeRO trainer); nothing to run yet." >&2
