@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         sub = writer.subject(subject_id, fingerprint)
         if sub is None:
             continue
-        series, mask, lengths = load_masked_runs({r.unit: r.path for r in subject_runs})
+        series, mask = load_masked_runs({r.unit: r.path for r in subject_runs})
+        lengths = {unit: len(s) for unit, s in series.items()}
         rows = []  # (run unit, volume index, event number, stim_file)
         for r in subject_runs:
             tr = repetition_time(args.root, r.path)

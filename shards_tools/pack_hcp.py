@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         sub = writer.subject(f"hcp/{subject}", fingerprint)
         if sub is None:
             continue
-        volumes, mask, _ = load_masked_runs(paths, crop)
+        volumes, mask = load_masked_runs(paths, crop)
         test_volumes = {r: {s + args.delay for s, split in rows if split == "test"} for r, rows in plan.items()}
         center_runs(volumes, {r: [t for t in range(len(v)) if t not in test_volumes[r]] for r, v in volumes.items()})
         std = train_std(volumes, {r: [s + args.delay for s, sp in rows if sp == "train"] for r, rows in plan.items()})

@@ -19,7 +19,7 @@ __all__ = ["center_runs", "load_masked_runs", "train_std"]
 
 
 def load_masked_runs(paths: dict, crop: tuple[slice, ...] = (slice(None),) * 3):
-    """({run: (T, V) float32}, mask (X, Y, Z) bool, {run: T}) of one subject's runs.
+    """({run: (T, V) float32}, mask (X, Y, Z) bool) of one subject's runs.
 
     Runs are read one at a time and reduced to their own in-brain voxels at once, so the peak memory
     is one full run plus the masked series of the others (a real HCP run is ~6 GB as float32).
@@ -44,7 +44,7 @@ def load_masked_runs(paths: dict, crop: tuple[slice, ...] = (slice(None),) * 3):
     if not mask.any():
         raise ValueError(f"no voxel is non-zero and varying in every run of {[str(p) for p in paths.values()]}.")
     runs = {run: np.ascontiguousarray(series[mask[run_masks[run]]].T) for run, series in kept.items()}  # (T, V)
-    return runs, mask, {r: s.shape[0] for r, s in runs.items()}
+    return runs, mask
 
 
 def center_runs(runs: dict, reference_rows: dict) -> None:

@@ -51,9 +51,9 @@ def test_fitted_reduction_keeps_similarities_where_a_random_one_does_not():
     fit, held = full[:240], full[240:]
     reduced = LlvBasis.fit(fit, 64).reduce(held)
     assert reduced.shape == (60, 64)
-    assert similarity_fidelity(held, reduced) > 0.99
+    assert similarity_fidelity(held, reduced) > 0.999  # measured 0.9996
     random = held @ rng.standard_normal((3000, 64))
-    assert similarity_fidelity(held, random) < 0.9  # what a random projection of the same width keeps
+    assert similarity_fidelity(held, random) < 0.8  # what a random projection of the same width keeps: 0.71
 
 
 def test_basis_narrower_than_dim_is_zero_padded():

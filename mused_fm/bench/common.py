@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from mused_fm.data import storage
+
 __all__ = ["count_flops", "device_info", "matmul_peak_flops", "time_interleaved", "write_json"]
 
 
@@ -84,8 +86,4 @@ def time_interleaved(
 
 
 def write_json(path: str | os.PathLike, payload: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(path)
+    storage.write_bytes(str(path), (json.dumps(payload, indent=1) + "\n").encode())

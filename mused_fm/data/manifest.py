@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from mused_fm.data import storage
-from mused_fm.data.schema import BOLD, CLIP_HLV, CLIP_LLV, LABELS, SCHEMA_VERSION, ShardSchemaError
+from mused_fm.data.schema import SCHEMA_VERSION, ShardSchemaError, member_shapes
 
 __all__ = ["MANIFEST", "expected_shapes", "read_manifest", "shard_url"]
 
@@ -31,12 +31,8 @@ def read_manifest(url: str) -> dict:
 
 def expected_shapes(manifest: dict, subject_id: str) -> dict[str, tuple[int, ...]]:
     info = manifest["info"]
-    return {
-        BOLD: tuple(manifest["subjects"][subject_id]["bold_shape"]),
-        CLIP_LLV: (info["llv_dim"],),
-        CLIP_HLV: (info["hlv_dim"],),
-        LABELS: (len(info["classes"]),),
-    }
+    bold = manifest["subjects"][subject_id]["bold_shape"]
+    return member_shapes(bold, info["llv_dim"], info["hlv_dim"], len(info["classes"]))
 
 
 def shard_url(url: str, shard: dict) -> str:

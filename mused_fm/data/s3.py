@@ -6,9 +6,9 @@ pipeline module imports this one. Endpoint, region and credentials come from the
 (`AWS_ENDPOINT_URL` for MinIO or moto) inside each worker; no filesystem object crosses processes.
 
 Reads are ranged GETs of 64 MiB with read-ahead: measured from a local moto server
-(`python -m mused_fm.bench loader`-shaped shards, one core), 8 / 32 / 64 MiB requests gave 23.6k /
-32.8k / 35.9k samples/s; per-request overhead, not bandwidth, is what costs. A prefetch thread did
-worse (21.9k): it competes with decoding for the interpreter.
+(a one-off probe on `python -m mused_fm.bench loader`-shaped shards, one core), 8 / 32 / 64 MiB
+requests gave 23.6k / 32.8k / 35.9k samples/s; per-request overhead, not bandwidth, is what costs.
+A prefetch thread did worse (21.9k): it competes with decoding for the interpreter.
 """
 
 from __future__ import annotations

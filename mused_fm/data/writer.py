@@ -26,7 +26,6 @@ manifest. A subject already in the output with a different fingerprint is an err
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -40,12 +39,13 @@ from typing import Any, Literal
 import numpy as np
 
 from mused_fm.data import storage
-from mused_fm.data.schema import META, SCHEMA_VERSION, SPLITS, Block, Sample, ShardSchemaError
+from mused_fm.data.manifest import MANIFEST
+from mused_fm.data.schema import META, SCHEMA_VERSION, SPLITS, Block, Sample, ShardSchemaError, member_shapes
+from mused_fm.data.tarfiles import open_hashed
 
 __all__ = ["DatasetInfo", "DatasetWriter", "SubjectWriter", "encode_block", "is_packed", "subject_name"]
 
 logger = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
 INFO = "info.json"
 
 
@@ -110,13 +110,11 @@ def _write_tar(path: Path, blocks: list[Block]) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
-def _sha256(url: str) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with storage.open_read(url) as f:
-        while chunk := f.read(4 * 2**20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+def _digest(url: str) -> tuple[str, int]:
+    """(sha256, bytes) of a file, read once."""
+    with open_hashed(url) as reader:
+        reader.drain()
+    return reader.sha256.hexdigest(), reader.size
 
 
 class DatasetWriter:
@@ -228,8 +226,7 @@ class SubjectWriter:
 
     def _shapes(self) -> dict[str, tuple[int, ...]]:
         info = self.parent.info
-        return {"bold.npy": tuple(self._bold_shape), "clip_llv.npy": (info.llv_dim,),
-                "clip_hlv.npy": (info.hlv_dim,), "labels.npy": (len(info.classes),)}  # fmt: skip
+        return member_shapes(self._bold_shape, info.llv_dim, info.hlv_dim, len(info.classes))
 
     def _flush(self, split: str) -> None:
         samples, self._pending[split] = self._pending[split], []
@@ -241,16 +238,17 @@ class SubjectWriter:
         url = storage.join(self.parent.out, name)
         if storage.exists(url):  # finished by an interrupted earlier run (shards appear only whole)
             logger.info("%s exists; keeping it", name)
+            sha, nbytes = _digest(url)
         else:
             local = Path(self.parent._tmp.name) / f"{self.name}-{split}-{index:06d}.tar"
             size = self.parent.block_size
             blocks = [Block.from_samples(f"{self.name}-{split}-{index:06d}-b{j // size:04d}", samples[j : j + size])
                       for j in range(0, len(samples), size)]  # fmt: skip
             _write_tar(local, blocks)
+            sha, nbytes = _digest(str(local))  # hashed on local disk: an S3 shard is not downloaded again
             storage.put_file(local, url)
-        sha, size = _sha256(url)
         self._shards.append({"name": name, "subject": self.subject_id, "split": split, "count": len(samples),
-                             "bytes": size, "sha256": sha})  # fmt: skip
+                             "bytes": nbytes, "sha256": sha})  # fmt: skip
 
     def close(self) -> None:
         for split in SPLITS:
