@@ -43,9 +43,24 @@ bench: install
 	$(PY) -m mused_fm.bench loader --json docs/bench_loader.json
 	$(PY) -m mused_fm.bench pack --json docs/bench_pack.json
 
-demo:
-	@echo "make demo arrives with the trainer (issue: DeepSpeed ZeRO trainer); nothing to run yet." >&2
-	@exit 2
+# The mission on the simulated cohort, on 2 CPU ranks (or 2 GPUs where present). DEMO_DIR=path to move it.
+DEMO_DIR ?= demo_out
+DEMO_NSD := subj01,subj02,subj03,subj04,subj05,subj06
+DEMO_HCP := 100610,102311,102816,104416
+demo: install
+	@echo "== 1/4 simulated cohort in the real NSD/HCP layouts -> $(DEMO_DIR)/raw"
+	$(PY) -m shards_tools synth --out $(DEMO_DIR)/raw --preset demo
+	@echo "== 2/4 shards (subj06 and 104416 are packed but held out of training, for adaptation)"
+	$(PY) -m shards_tools pack-nsd --root $(DEMO_DIR)/raw/nsd --subjects $(DEMO_NSD) --roi-dim 16 \
+		--clip-model $(DEMO_DIR)/raw/clip --out $(DEMO_DIR)/shards/nsd
+	$(PY) -m shards_tools pack-hcp --root $(DEMO_DIR)/raw/hcp --subjects $(DEMO_HCP) \
+		--clip-model $(DEMO_DIR)/raw/clip --out $(DEMO_DIR)/shards/hcp
+	@echo "== 3/4 DeepSpeed ZeRO-2 training on 2 ranks -> $(DEMO_DIR)/run"
+	$(VENV)/bin/deepspeed --num_gpus 2 launch/train.py recipes/demo.yaml run.out_dir=$(DEMO_DIR)/run \
+		data.datasets.nsd.url=$(DEMO_DIR)/shards/nsd data.datasets.hcp.url=$(DEMO_DIR)/shards/hcp
+	@echo "== 4/4 evaluation on the test split -> $(DEMO_DIR)/eval.json"
+	$(PY) launch/evaluate.py --checkpoint $(DEMO_DIR)/run/export --shards $(DEMO_DIR)/shards/nsd \
+		--shards $(DEMO_DIR)/shards/hcp --split test --json $(DEMO_DIR)/eval.json
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

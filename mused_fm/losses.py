@@ -8,8 +8,8 @@ C classes.
             + l_hlv  * ||M(clip_hlv) - M(z_hlv)||_F^2 / B^2
 
 M(x)[i, j] is the cosine similarity of samples i and j (the representational similarity matrix).
-The RSA terms work on whatever batch they are given: the trainer passes per-rank tensors
-(loss.rsa_scope: local, the paper's B) or tensors gathered over ranks with gradients
+The RSA and orthogonality terms work on whatever batch they are given: the trainer passes per-rank
+tensors (loss.rsa_scope: local, the paper's B) or tensors gathered over ranks with gradients
 (loss.rsa_scope: global) through `clip_mused_loss(..., gather=...)`.
 """
 
@@ -38,15 +38,19 @@ def similarity_matrix(x_BF: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x @ x.T
 
 
+def _at_least_f32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def rsa_loss(z_BD: torch.Tensor, feats_BF: torch.Tensor) -> torch.Tensor:
     """||M(feats) - M(z)||_F^2 / B^2 (eq. 10 and 11); feats is a fixed target (no gradient)."""
     if z_BD.shape[0] != feats_BF.shape[0]:
         raise ValueError(f"rsa_loss: {z_BD.shape[0]} token outputs but {feats_BF.shape[0]} CLIP features.")
     batch = z_BD.shape[0]
     # At least float32: low-level CLIP similarities sit in a narrow band that bf16 would blur.
-    dtype = torch.promote_types(z_BD.dtype, torch.float32)
-    target = similarity_matrix(feats_BF.detach().to(dtype))
-    return (target - similarity_matrix(z_BD.to(dtype))).pow(2).sum() / batch**2
+    z = _at_least_f32(z_BD)
+    target = similarity_matrix(feats_BF.detach().to(z.dtype))
+    return (target - similarity_matrix(z)).pow(2).sum() / batch**2
 
 
 def orthogonal_loss(z_llv_BD: torch.Tensor, z_hlv_BD: torch.Tensor) -> torch.Tensor:
@@ -80,13 +84,16 @@ def clip_mused_loss(
     """Eq. 16 for one dataset's batch with that dataset's lambdas.
 
     Args:
-        gather: applied to z and CLIP features before the RSA terms; the trainer passes an
-            all-gather with gradients for loss.rsa_scope=global. None: the local batch.
+        gather: applied to z and CLIP features before the RSA and orthogonality terms (the
+            batch-coupled ones); the trainer passes an all-gather with gradients for
+            loss.rsa_scope=global, so the loss is that of one process holding the global batch.
+            None: the local batch. BCE is always local (a per-sample mean).
     """
     g = gather or (lambda t: t)
+    z_llv, z_hlv = g(out.z_llv), g(out.z_hlv)
     bce = bce_loss(out.logits, labels_BC)
-    orth = orthogonal_loss(out.z_llv, out.z_hlv)
-    rsa_llv = rsa_loss(g(out.z_llv), g(clip_llv_BF))
-    rsa_hlv = rsa_loss(g(out.z_hlv), g(clip_hlv_BF))
-    total = bce + weights.orth * orth + weights.llv * rsa_llv + weights.hlv * rsa_hlv
+    orth = orthogonal_loss(_at_least_f32(z_llv), _at_least_f32(z_hlv))
+    rsa_llv = rsa_loss(z_llv, g(clip_llv_BF))
+    rsa_hlv = rsa_loss(z_hlv, g(clip_hlv_BF))
+    total = _at_least_f32(bce) + weights.orth * orth + weights.llv * rsa_llv + weights.hlv * rsa_hlv
     return LossTerms(total, bce, orth, rsa_llv, rsa_hlv)

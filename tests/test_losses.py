@@ -84,7 +84,7 @@ def test_total_is_eq_16_with_the_datasets_lambdas(data):
 
 
 def test_rsa_over_a_gathered_batch_equals_the_concatenated_batch(data):
-    """What loss.rsa_scope=global relies on: RSA over gathered features, with gradients to the local rows."""
+    """What loss.rsa_scope=global relies on: RSA and orth over the gathered batch, gradients to local rows."""
     rng = np.random.default_rng(1)
     other_z, other_llv = t(rng.standard_normal((5, D))), t(rng.standard_normal((5, F)))
     other_hlv = t(rng.standard_normal((5, 4)))
@@ -106,7 +106,8 @@ def test_rsa_over_a_gathered_batch_equals_the_concatenated_batch(data):
     full_z = np.concatenate([data["z_llv"], other_z.numpy()])
     full_llv = np.concatenate([data["clip_llv"], other_llv.numpy()])
     assert terms.rsa_llv.item() == pytest.approx(ref_rsa(full_z, full_llv), rel=1e-12)
-    assert terms.orth.item() == pytest.approx(ref_orth(data["z_llv"], data["z_hlv"]), rel=1e-12)  # stays local
+    full_hlv_z = np.concatenate([data["z_hlv"], other_z.numpy() + 1])
+    assert terms.orth.item() == pytest.approx(ref_orth(full_z, full_hlv_z), rel=1e-12)
     terms.total.backward()
     assert z_llv.grad is not None and z_llv.grad.abs().sum() > 0
 

@@ -7,6 +7,14 @@ Shape legend: B batch, M tokens of the dataset's tokenizer, D width, C classes o
     out = model(bold_B_R_F, rows, "nsd")                         # MusedOutput(logits, z_llv, z_hlv)
     model.save_pretrained("export/"); MusedModel.from_pretrained("export/")
 
+Unseen subjects (only their tokens are trained; freeze.py freezes the rest):
+
+    model = MusedModel.from_pretrained("export/")
+    model.add_subjects(["nsd/subj09"])                          # registry + fresh rows `new`
+    params = freeze_for_new_subjects(model)                     # before building the optimizer
+    ...train params...
+    model.save_pretrained("export_plus/")                       # one (N+k)-row table: a plain model
+
 An export directory holds model.safetensors (weights and buffers, no pickle), config.json (the
 model section and the per-dataset input specs of the recipe) and registry.json (subject ids in
 table order).
@@ -20,6 +28,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -28,7 +37,7 @@ from torch import nn
 from mused_fm.config import DatasetConfig, ModelConfig, Recipe, RecipeError, recipe_from_dict
 from mused_fm.model.heads import MultiLabelHead
 from mused_fm.model.registry import SubjectRegistry
-from mused_fm.model.subject_tokens import SubjectTokens
+from mused_fm.model.subject_tokens import SubjectTokens, fold_new_rows
 from mused_fm.model.tokenizers import RoiTokenizer, VolumeTokenizer
 from mused_fm.model.transformer import Trunk
 
@@ -48,6 +57,21 @@ class MusedOutput:
     """(B, D) LN(trunk output at the low-level token): aligned with low-level CLIP features."""
     z_hlv: torch.Tensor
     """(B, D) LN(trunk output at the high-level token): aligned with high-level CLIP features."""
+
+
+class PositionEmbeddings(nn.Module):
+    """One learned (1, 2 + M, D) position table per dataset, added in this module's own forward.
+
+    A module call rather than indexing a ParameterDict from the parent: ZeRO-3 gathers a parameter
+    in the forward hooks of the module that owns it, and a parameter read by another module's
+    forward arrives partitioned (shape (0,)) in the backward pass. State-dict keys stay pos.<dataset>.
+    """
+
+    def add(self, dataset: str, num_tokens: int, dim: int) -> None:
+        self.register_parameter(dataset, nn.Parameter(torch.zeros(1, num_tokens, dim)))
+
+    def forward(self, x_BLD: torch.Tensor, dataset: str) -> torch.Tensor:
+        return x_BLD + getattr(self, dataset)
 
 
 class MusedModel(nn.Module):
@@ -72,7 +96,7 @@ class MusedModel(nn.Module):
         self.registry = registry
         D = config.dim
         self.tokenizers = nn.ModuleDict()
-        self.pos = nn.ParameterDict()
+        self.pos = PositionEmbeddings()
         self.heads = nn.ModuleDict()
         for name, ds in self.datasets.items():
             if ds.input == "roi":
@@ -80,20 +104,30 @@ class MusedModel(nn.Module):
             else:
                 tokenizer = VolumeTokenizer(ds.volume_shape, D, config.volume_channels, config.volume_norm)
             self.tokenizers[name] = tokenizer
-            self.pos[name] = nn.Parameter(torch.zeros(1, 2 + tokenizer.num_tokens, D))  # (1, 2 + M, D)
+            self.pos.add(name, 2 + tokenizer.num_tokens, D)
             self.heads[name] = MultiLabelHead(D, ds.num_classes, config.head_hidden)
         self.subject_tokens = SubjectTokens(len(registry), D, config.subject_tokens)
         self.trunk = Trunk(D, config.depth, config.heads, config.mlp_ratio, config.dropout)
+        # Submodules that train() leaves in eval mode: freeze.py lists the frozen BatchNorm layers here so
+        # their running statistics stay put while dropout still follows the train/eval flag.
+        self.keep_eval: tuple[str, ...] = ()
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for p in self.pos.values():
+        for p in self.pos.parameters():
             nn.init.trunc_normal_(p, std=0.02)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+
+    def train(self, mode: bool = True) -> MusedModel:
+        """nn.Module.train, except that the submodules named in `keep_eval` stay in eval mode."""
+        super().train(mode)
+        for name in self.keep_eval:
+            self.get_submodule(name).eval()
+        return self
 
     def subject_rows(self, subject_ids: Sequence[str], dataset: str | None = None, where: str = "") -> torch.Tensor:
         """Token-table rows (CPU int64, shape (B,)) of global subject ids; unknown ids raise by name.
@@ -117,10 +151,81 @@ class MusedModel(nn.Module):
             raise ValueError(f"the model has no dataset {dataset!r}; it has {sorted(self.tokenizers)}.")
         tokens_BMD = self.tokenizers[dataset](bold)
         readout_B2D = self.subject_tokens(subject_row_B)
-        x = torch.cat([readout_B2D.to(tokens_BMD.dtype), tokens_BMD], dim=1) + self.pos[dataset]
+        x = self.pos(torch.cat([readout_B2D.to(tokens_BMD.dtype), tokens_BMD], dim=1), dataset)
         z_B2D = self.trunk(x, num_readout=2)
         z_llv, z_hlv = z_B2D[:, 0], z_B2D[:, 1]
         return MusedOutput(self.heads[dataset](z_llv, z_hlv), z_llv, z_hlv)
+
+    # ----------------------------------------------------------------------------------------
+    # Unseen subjects
+    # ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def add_subjects(
+        self, new_ids: Sequence[str], init: Literal["mean", "random"] = "mean", replace: bool = False
+    ) -> None:
+        """Add subjects in place: registry entries after the known ones and fresh token rows `subject_tokens.new`.
+
+        Call it before building the optimizer (or deepspeed.initialize): `new` is a new Parameter.
+        Rows of the known subjects and every other weight are untouched, so their outputs do not
+        change. In mode none there are no subject tokens: only the registry grows.
+
+        Args:
+            new_ids: global ids '<dataset>/<name>' of datasets the model has a tokenizer and head for.
+            init: mean: each new row starts as the mean of the known subjects' rows of its dataset (of
+                all known rows if the dataset has none), a subject the trunk already reads sensibly;
+                random: truncated normal (std 0.02), as at pretraining.
+            replace: an id already in the registry is re-initialised as a new subject: its trained row
+                is dropped and it moves to the end of the registry (rows of the subjects after it
+                shift down by one, so map ids through `model.registry` again). Without it such an
+                id is an error.
+        """
+        new_ids = list(new_ids)
+        if not new_ids:
+            raise ValueError("add_subjects needs at least one subject id, got none.")
+        if init not in ("mean", "random"):
+            raise ValueError(f"init must be 'mean' or 'random', got {init!r}.")
+        SubjectRegistry(new_ids)  # '<dataset>/<name>' form and no id twice, named
+        issues = []
+        unknown = sorted({self.registry.dataset_of(s) for s in new_ids} - set(self.tokenizers))
+        if unknown:
+            issues.append(
+                f"subjects {[s for s in new_ids if self.registry.dataset_of(s) in unknown]} belong to datasets "
+                f"{unknown} that the model has no tokenizer and head for; its datasets are {sorted(self.tokenizers)}. "
+                "A new dataset needs its tokenizer and head trained, not only subject tokens."
+            )
+        known = [s for s in new_ids if s in self.registry]
+        if known and not replace:
+            issues.append(
+                f"subjects {known} are already in the model's registry (rows {self.registry.rows(known).tolist()}); "
+                "use ids not yet in the registry, or pass replace=True to re-initialise them as new subjects."
+            )
+        if issues:
+            raise ValueError(" ".join(issues))
+        keep_rows = [r for r, s in enumerate(self.registry.ids) if s not in known]
+        kept_ids = [self.registry.ids[r] for r in keep_rows]
+        tokens = self.subject_tokens
+        if tokens.table is not None:
+            full = tokens.full_table()  # (N + k_old, S, D)
+            init_kSD = torch.empty(len(new_ids), *full.shape[1:], dtype=full.dtype, device=full.device)
+            for i, subject_id in enumerate(new_ids):
+                dataset = self.registry.dataset_of(subject_id)
+                same = [r for r, s in zip(keep_rows, kept_ids, strict=True) if self.registry.dataset_of(s) == dataset]
+                rows = same or keep_rows
+                if init == "mean" and rows:
+                    init_kSD[i] = full[rows].mean(0)
+                else:
+                    nn.init.trunc_normal_(init_kSD[i], std=0.02)
+            tokens.add_rows(init_kSD, keep_rows)
+        self.registry = SubjectRegistry([*kept_ids, *new_ids])
+
+    def merge_new_subjects(self) -> None:
+        """Fold `subject_tokens.new` into one (N+k)-row `subject_tokens.table`, the layout of a plain model.
+
+        The registry already lists the added subjects after the old ones, so rows do not move.
+        The merged table keeps the old table's requires_grad (see SubjectTokens.merge_new).
+        """
+        self.subject_tokens.merge_new()
 
     # ----------------------------------------------------------------------------------------
     # Export
@@ -134,10 +239,14 @@ class MusedModel(nn.Module):
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write model.safetensors, config.json and registry.json; each file appears whole or not at all."""
+        """Write model.safetensors, config.json and registry.json; each file appears whole or not at all.
+
+        Added subjects are folded into one (N+k)-row table, so the export loads as a plain model
+        whose registry lists them after the old subjects.
+        """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in fold_new_rows(self.state_dict()).items()}
         _atomic(out / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
         _atomic(out / CONFIG_NAME, lambda p: p.write_text(json.dumps(self.export_config(), indent=1) + "\n"))
         _atomic(out / REGISTRY_NAME, self.registry.save)

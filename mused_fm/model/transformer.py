@@ -40,7 +40,11 @@ class Attention(nn.Module):
             q_BHLK, k_BHLK, v_BHLK = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         else:
             w, b = self.qkv.weight, self.qkv.bias  # rows [0, D) are q, [D, 3D) are k and v
-            q_BHLK = F.linear(x_BLD[:, :num_queries], w[:D], b[:D]).view(B, num_queries, H, K).transpose(1, 2)
+            # contiguous: on a strided slice torch picks its kernel by the weight's requires_grad, so a
+            # frozen model would differ from a trainable one in the last bit.
+            q_BHLK = (
+                F.linear(x_BLD[:, :num_queries].contiguous(), w[:D], b[:D]).view(B, num_queries, H, K).transpose(1, 2)
+            )
             kv = F.linear(x_BLD, w[D:], b[D:]).view(B, L, 2, H, K)
             k_BHLK, v_BHLK = kv.permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q_BHLK, k_BHLK, v_BHLK, dropout_p=self.dropout if self.training else 0.0)

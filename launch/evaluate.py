@@ -1,0 +1,58 @@
+"""Metrics of a trained (or adapted) model on a split of one or more shard sets, per subject and dataset.
+
+    python launch/evaluate.py --checkpoint runs/nsd_hcp/export --shards s3://bucket/shards/nsd \
+        --shards /data/shards/hcp --split test --json eval.json
+
+--checkpoint is an export directory (or a run directory, whose export/ is used). Each shard set is
+matched to the model's dataset of the same name; its subjects that the model knows are evaluated
+(--subjects to choose), each test sample exactly once. The JSON has the form
+{"datasets": {"nsd": {"mAP", "AUC", "hamming", "n", "subject_mean"}}, "subjects": {"nsd/subj01": {...}}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("mused_fm.evaluate")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="export directory, or a run directory")
+    parser.add_argument("--shards", action="append", required=True, help="shard folder or s3:// prefix (repeatable)")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--subjects", default="", help="global ids to evaluate, comma-separated (default: all known)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--json", required=True, help="where to write the metrics")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+
+    import torch
+
+    from mused_fm.evaluate import evaluate_model
+
+    try:
+        wanted = [s for s in args.subjects.split(",") if s]
+        metrics = evaluate_model(Path(args.checkpoint), args.shards, args.split, args.batch_size, wanted,
+                                 torch.device("cuda" if torch.cuda.is_available() else "cpu"))  # fmt: skip
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n")
+    tmp.replace(out)
+    for name, m in metrics["datasets"].items():
+        print(f"{name}: mAP {m['mAP']:.4f}  AUC {m['AUC']:.4f}  hamming {m['hamming']:.4f}  (n={m['n']}, {args.split})")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

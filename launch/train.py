@@ -1,0 +1,46 @@
+"""Train (or resume) a MUSED-FM run on every rank.
+
+    deepspeed launch/train.py recipes/nsd_hcp.yaml data.datasets.nsd.url=s3://bucket/shards/nsd ...
+    deepspeed --num_gpus 2 launch/train.py recipes/demo.yaml train.max_steps=50
+    torchrun --nproc_per_node 8 launch/train.py recipes/nsd_hcp.yaml
+    python launch/train.py recipes/demo.yaml            # one process
+
+Rerunning the same command continues from RUN_DIR/checkpoints/latest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", help="recipes/*.yaml")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=100")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s | rank {rank} | %(levelname)s | %(name)s | %(message)s",
+    )
+    from mused_fm.config import load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        from mused_fm.train.loop import train
+
+        export = train(recipe)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if rank == 0:
+        print(f"exported to {export}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Everything that touches DeepSpeed: process group, config from the recipe, engine, checkpoints, export.
+
+This is the one module that imports deepspeed. The rest of the trainer sees an `Engine` with
+forward/backward/step, checkpoint save/load and a full fp32 state dict.
+
+DeepSpeed facts this module is built around (measured, ../shared/reference/ecosystem.md section 3):
+- batch keys are derived from train.* (train_batch_size = micro x accumulation x world, by DeepSpeed);
+- weight surgery and freezing happen before `deepspeed.initialize`; only trainable parameters go to
+  the optimizer;
+- save/load_checkpoint are collectives: every rank calls them;
+- exporting from a ZeRO-1 checkpoint silently drops frozen parameters, so the export here reads the
+  live fp32 master weights (`safe_get_full_fp32_param`) and falls back to the module's own tensors
+  for frozen parameters and buffers, then checks that every key of the model is present.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mused_fm.config import Recipe
+
+os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+
+import deepspeed
+from deepspeed.utils import safe_get_full_fp32_param
+
+__all__ = ["DEEPSPEED_VERSION", "DistInfo", "Engine", "deepspeed_config", "init_distributed", "resolve_precision"]
+
+logger = logging.getLogger(__name__)
+DEEPSPEED_VERSION = deepspeed.__version__
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group set up by the deepspeed launcher, torchrun or a hostfile launch.
+
+    A plain `python launch/train.py` is a world of one: the rendezvous variables are filled in
+    for a loopback group so the same code path runs.
+    """
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+        if "OMP_NUM_THREADS" not in os.environ:  # ranks on one host share its cores, not 2x oversubscribe
+            local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
+    return DistInfo(torch.distributed.get_rank(), local_rank, torch.distributed.get_world_size(), device)
+
+
+def resolve_precision(recipe: Recipe, device: torch.device) -> str:
+    """train.precision, with auto = bf16 on GPU and fp32 on CPU (bf16 matmul is ~250x slower there)."""
+    precision = recipe.train.precision
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def zero_stage(recipe: Recipe) -> int:
+    zero = recipe.deepspeed.get("zero_optimization", {})
+    return int(zero.get("stage", 0) if isinstance(zero, dict) else zero)
+
+
+def deepspeed_config(recipe: Recipe, precision: str, total_steps: int | None = None) -> dict[str, Any]:
+    """The DeepSpeed config of a recipe: the pass-through `deepspeed:` keys plus the derived ones.
+
+    train_batch_size is left to DeepSpeed (micro x accumulation x world size), so the same recipe
+    runs on 2 CPU ranks and on 64 GPUs.
+    """
+    t = recipe.train
+    optimizer = {"adamw": "AdamW", "adam": "Adam"}[t.optimizer]
+    config = {
+        **recipe.deepspeed,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.grad_accum_steps,
+        "gradient_clipping": t.grad_clip,
+        "optimizer": {
+            "type": optimizer,
+            # torch's Adam(W): no FusedAdam/CPUAdam build; decoupled decay for AdamW, L2 for Adam.
+            "params": {"lr": t.lr, "betas": list(t.betas), "eps": 1e-8, "weight_decay": t.weight_decay,
+                       "torch_adam": True, "adam_w_mode": t.optimizer == "adamw"},
+        },
+        "scheduler": {
+            "type": "WarmupCosineLR",
+            "params": {"total_num_steps": total_steps or t.max_steps, "warmup_min_ratio": 0.0,
+                       "warmup_num_steps": t.warmup_steps, "cos_min_ratio": t.min_lr_ratio, "warmup_type": "linear"},
+        },
+        "bf16": {"enabled": precision == "bf16"},
+        "steps_per_print": 10**9,  # progress is ours (rank 0 only)
+        "wall_clock_breakdown": False,
+    }  # fmt: skip
+    config.setdefault("zero_optimization", {"stage": 0})
+    return config
+
+
+class Engine:
+    """A DeepSpeed engine around `module`, with the checkpoint and export conventions of a run."""
+
+    def __init__(self, module: nn.Module, recipe: Recipe, dist: DistInfo, total_steps: int | None = None) -> None:
+        self.dist = dist
+        self.precision = resolve_precision(recipe, dist.device)
+        self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self.stage = zero_stage(recipe)
+        self.config = deepspeed_config(recipe, self.precision, total_steps)
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("nothing to train: every parameter of the model is frozen.")
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=module, model_parameters=trainable, config=self.config
+        )
+
+    @property
+    def module(self) -> nn.Module:
+        return self.engine.module
+
+    def __call__(self, *args, **kwargs):
+        return self.engine(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        self.engine.step()
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def train(self, mode: bool = True) -> None:
+        self.engine.train(mode)
+
+    # ----------------------------------------------------------------------------------------
+    # Checkpoints
+    # ----------------------------------------------------------------------------------------
+
+    def save_checkpoint(self, directory: str | Path, step: int, client_state: dict) -> None:
+        """Collective: every rank writes its ZeRO partition under directory/step{step}/."""
+        self.engine.save_checkpoint(str(directory), tag=f"step{step}", client_state=client_state)
+
+    def load_latest(self, directory: str | Path) -> dict | None:
+        """Collective: load the checkpoint `latest` points to; None when there is none."""
+        if not (Path(directory) / "latest").is_file():
+            return None
+        path, client_state = self.engine.load_checkpoint(str(directory))
+        if path is None:
+            raise RuntimeError(
+                f"{directory}/latest names a checkpoint that could not be loaded; delete the partial "
+                "step directory it points to (or the whole checkpoints/ folder to start over)."
+            )
+        return client_state
+
+    # ----------------------------------------------------------------------------------------
+    # Export
+    # ----------------------------------------------------------------------------------------
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Collective: the whole model in fp32 on the CPU, on rank 0 (None elsewhere).
+
+        Trainable parameters come from the optimizer's fp32 masters (exact under bf16 and in every
+        ZeRO stage); frozen parameters (ZeRO-3: gathered) and buffers from the module itself, which
+        is what ZeRO-1's checkpoint export would silently drop.
+        """
+        state: dict[str, torch.Tensor] = {}
+        for name, param in self.module.named_parameters():
+            value = safe_get_full_fp32_param(param) if param.requires_grad else None
+            if value is None:
+                gather = deepspeed.zero.GatheredParameters([param]) if self.stage == 3 else contextlib.nullcontext()
+                with gather:
+                    value = param.detach().clone()
+            state[name] = value.detach().float().cpu()
+        for name, buffer in self.module.named_buffers():
+            state[name] = (buffer.float() if buffer.is_floating_point() else buffer).detach().cpu().clone()
+        expected = set(self.module.state_dict())
+        missing = expected - set(state)
+        if missing:
+            raise RuntimeError(f"export lacks {sorted(missing)}: refusing to write an incomplete model.")
+        return state if self.dist.is_main else None
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()

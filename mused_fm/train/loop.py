@@ -1,0 +1,219 @@
+"""`train(recipe)`: what `deepspeed launch/train.py RECIPE` runs on every rank.
+
+    shards (manifests) -> subject registry -> MusedModel -> Objective -> DeepSpeed engine
+    -> resume from run_dir/checkpoints/latest if present
+    -> steps: one batch of every dataset per micro-step (sizes from the recipe weights), backward,
+       step; every log_every a metrics record; every eval_every validation and the best export;
+       every save_every a checkpoint (all ranks)
+    -> run_dir/export/ (MusedModel.from_pretrained-able)
+
+Resuming restarts the data streams with a seed folded with the resumed step: the stream is
+resampled, not replayed, so a resumed run sees fresh draws rather than the exact batches it would
+have seen (webdataset's maintainer's advice; exact mid-epoch replay of resampled shards is not kept).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from mused_fm.bench.common import count_flops, matmul_peak_flops
+from mused_fm.config import Recipe, save_recipe
+from mused_fm.data.pipeline import DatasetStream, split_batch, train_loader
+from mused_fm.evaluate import evaluate_streams, mean_map
+from mused_fm.model import MusedModel, SubjectRegistry, build_model
+from mused_fm.train.data import open_streams, resolve_datasets
+from mused_fm.train.distributed import mean_over_ranks, sum_over_ranks
+from mused_fm.train.engine import DEEPSPEED_VERSION, DistInfo, Engine, barrier, init_distributed
+from mused_fm.train.objective import Objective, batch_to_device
+from mused_fm.train.run_log import RunLog, run_info
+
+__all__ = ["train"]
+
+logger = logging.getLogger("mused_fm.train")
+CHECKPOINTS, EXPORT, BEST = "checkpoints", "export", "best"
+# Dense bf16 peak of common accelerators, for the MFU estimate (datasheet figures, FLOP/s).
+GPU_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
+
+
+def _registry(out_dir: Path, subject_ids: list[str]) -> SubjectRegistry:
+    """The run's subject table order: from the run directory when resuming, else from the manifests."""
+    path = out_dir / "registry.json"
+    if not path.exists():
+        return SubjectRegistry(subject_ids)
+    saved = SubjectRegistry.load(path)
+    if saved.ids != subject_ids:
+        added = [s for s in subject_ids if s not in saved]
+        dropped = [s for s in saved.ids if s not in subject_ids]
+        raise ValueError(
+            f"{out_dir} was trained with subjects {saved.ids}; this recipe and its shards give {subject_ids} "
+            f"(new: {added}, gone: {dropped}). Resume with the same subjects, use another run.out_dir, or add "
+            "subjects to a trained model with launch/adapt_subject.py."
+        )
+    return saved
+
+
+def _peak_flops(dist: DistInfo, dtype: torch.dtype) -> float:
+    """Per-rank peak for the MFU estimate: a datasheet figure on GPUs, a measured matmul rate on CPUs."""
+    if dist.device.type == "cuda":
+        name = torch.cuda.get_device_name(dist.device)
+        return next((v for k, v in GPU_PEAK.items() if k in name), 0.0) or matmul_peak_flops(dist.device, dtype)
+    return matmul_peak_flops(dist.device, dtype, size=1024, repeats=5)
+
+
+def _flops_per_step(model: MusedModel, sizes: dict[str, int]) -> float:
+    """Training FLOPs of one micro-step on one rank: 3 x the forward FLOPs (backward ~ 2 x forward)."""
+    total = 0.0
+    model.eval()  # no BatchNorm statistics move
+    with torch.no_grad():
+        for name, spec in model.datasets.items():
+            shape = (spec.num_rois, spec.roi_dim) if spec.input == "roi" else tuple(spec.volume_shape)
+            bold, rows = torch.zeros(1, *shape), torch.zeros(1, dtype=torch.long)
+            total += 3 * sizes[name] * count_flops(lambda: model(bold, rows, name))  # noqa: B023
+    model.train()
+    return total
+
+
+def _has_split(stream: DatasetStream, split: str) -> bool:
+    return any(s["split"] == split and s["subject"] in stream.subjects for s in stream.manifest["shards"])
+
+
+class _Trainer:
+    def __init__(self, recipe: Recipe, subject_ids: list[str], dist: DistInfo) -> None:
+        """recipe: resolved against the shards (resolve_datasets); subject_ids: theirs."""
+        self.dist, self.recipe = dist, recipe
+        self.out = Path(recipe.run.out_dir)
+        self.registry = _registry(self.out, subject_ids)
+        rows = {s: i for i, s in enumerate(self.registry.ids)}
+        self.streams = open_streams(self.recipe, rows, self.registry.ids)
+        t = self.recipe.train
+        self.sizes = split_batch(t.micro_batch_size, {n: ds.weight for n, ds in self.recipe.data.datasets.items()})
+
+        torch.manual_seed(self.recipe.run.seed)  # identical initial weights on every rank
+        model = build_model(self.recipe, self.registry.ids)
+        self.flops_per_micro_step = _flops_per_step(model, self.sizes)
+        self.engine = Engine(Objective(model, self.recipe.loss), self.recipe, dist)
+        self.peak = _peak_flops(dist, self.engine.dtype)
+
+        state = self.engine.load_latest(self.out / CHECKPOINTS) or {}
+        self.start = int(state.get("step", 0))
+        self.best = state.get("best", {"step": 0, "mAP": -math.inf})
+        if dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_recipe(self.recipe, self.out / "config.yaml")
+            self.registry.save(self.out / "registry.json")
+            info = run_info(dist.world_size, self.engine.stage, self.engine.precision, dist.device, DEEPSPEED_VERSION)
+            (self.out / "run_info.json").write_text(json.dumps(info, indent=1) + "\n")
+            if self.start:
+                logger.info("resuming from %s/%s/step%d (step %d of %d); the data stream restarts with a new seed",
+                            self.out, CHECKPOINTS, self.start, self.start, t.max_steps)  # fmt: skip
+            logger.info("%d subjects (%s); per-rank micro-batch %s; world size %d; ZeRO stage %d; %s",
+                        len(self.registry), ", ".join(self.registry.ids), self.sizes, dist.world_size,
+                        self.engine.stage, self.engine.precision)  # fmt: skip
+        self.log = RunLog(self.out, self.recipe, dist.is_main, self.start, t.max_steps)
+
+    def loaders(self) -> dict[str, object]:
+        t = self.recipe.train
+        batches = (t.max_steps - self.start) * t.grad_accum_steps
+        seed = self.recipe.run.seed + 1_000_003 * self.start  # a resumed run draws a new stream
+        return {
+            name: iter(train_loader(stream, "train", self.sizes[name], batches, seed, t.num_workers))
+            for name, stream in self.streams.items()
+        }
+
+    def run(self) -> Path:
+        t = self.recipe.train
+        loaders = self.loaders() if self.start < t.max_steps else {}
+        window = self._new_window()
+        for step in range(self.start + 1, t.max_steps + 1):
+            for _ in range(t.grad_accum_steps):
+                began = time.perf_counter()
+                raw = {name: next(it) for name, it in loaders.items()}
+                window["wait"] += time.perf_counter() - began
+                window["skipped"] += sum(b["n_skipped"] for b in raw.values())
+                batches = {n: batch_to_device(b, self.dist.device, self.engine.dtype) for n, b in raw.items()}
+                loss, terms = self.engine(batches)
+                self.engine.backward(loss)
+                self.engine.step()
+                window["n"] += 1
+                for name, term in terms.items():
+                    for key, value in term.as_floats().items():
+                        window["sums"][f"{name}/{key}"] = window["sums"].get(f"{name}/{key}", 0.0) + value
+                window["sums"]["loss"] = window["sums"].get("loss", 0.0) + float(loss.detach())
+            if step % t.log_every == 0 or step == t.max_steps:
+                self._log_window(step, window)
+                window = self._new_window()
+            if step % t.eval_every == 0 or step == t.max_steps:
+                self._validate(step)
+            if step % t.save_every == 0 or step == t.max_steps:
+                self.engine.save_checkpoint(self.out / CHECKPOINTS, step, {"step": step, "best": self.best})
+        self._export(self.out / EXPORT)
+        self.log.close()
+        barrier()
+        return self.out / EXPORT
+
+    def _new_window(self) -> dict:
+        return {"began": time.perf_counter(), "wait": 0.0, "skipped": 0, "n": 0, "sums": {}}
+
+    def _log_window(self, step: int, window: dict) -> None:
+        elapsed = time.perf_counter() - window["began"]
+        means = mean_over_ranks({k: v / max(window["n"], 1) for k, v in sorted(window["sums"].items())})
+        shares = mean_over_ranks({"data_wait": window["wait"] / elapsed})
+        skipped = int(sum_over_ranks({"skipped": float(window["skipped"])})["skipped"])
+        samples = window["n"] * self.recipe.train.micro_batch_size * self.dist.world_size
+        record = {
+            "step": step, "loss": means.pop("loss"), "lr": self.engine.lr(),
+            "samples_per_s": samples / elapsed, "data_wait": shares["data_wait"],
+            "mfu": (window["n"] * self.flops_per_micro_step / elapsed) / self.peak if self.peak else 0.0,
+            "skipped_records": skipped, **means,
+        }  # fmt: skip
+        if skipped:
+            logger.warning(
+                "step %d: %d unreadable shard records skipped since the last log (named above)", step, skipped
+            )
+        self.log.write(record)
+        self.log.progress(step, record)
+
+    def _validate(self, step: int) -> None:
+        streams = {n: s for n, s in self.streams.items() if _has_split(s, "val")}
+        if not streams:
+            return
+        self.engine.train(False)
+        metrics = evaluate_streams(
+            self.engine.module.model, streams, "val", self.recipe.train.micro_batch_size, self.dist.device,
+            self.engine.dtype, self.dist.rank, self.dist.world_size, pad=self.engine.stage == 3,
+        )  # fmt: skip
+        self.engine.train(True)
+        score = torch.tensor([mean_map(metrics) if self.dist.is_main else 0.0], dtype=torch.float64)
+        if self.dist.world_size > 1:
+            torch.distributed.broadcast(score, 0)
+        improved = score.item() > self.best["mAP"]
+        if improved:
+            self.best = {"step": step, "mAP": score.item()}
+            self._export(self.out / BEST)
+        if self.dist.is_main:
+            self.log.write({"step": step, "split": "val", "best": improved, **metrics})
+            summary = ", ".join(f"{n} mAP {m['mAP']:.3f}" for n, m in metrics["datasets"].items())
+            logger.info("step %d validation: %s%s", step, summary, " (best so far)" if improved else "")
+
+    def _export(self, directory: Path) -> None:
+        """Collective: the engine's fp32 weights into a plain MusedModel, saved by rank 0."""
+        state = self.engine.full_state_dict()
+        if self.dist.is_main:
+            model = build_model(self.recipe, self.registry.ids)
+            prefix = "model."
+            model.load_state_dict({k[len(prefix) :]: v for k, v in state.items()}, strict=True)
+            model.save_pretrained(directory)
+        barrier()
+
+
+def train(recipe: Recipe) -> Path:
+    """Train (or resume) the run the recipe describes; returns run_dir/export on every rank."""
+    recipe, subject_ids = resolve_datasets(recipe)  # recipe/shard mismatches fail before any rendezvous
+    dist = init_distributed()
+    return _Trainer(recipe, subject_ids, dist).run()

@@ -1,0 +1,155 @@
+"""What a run writes about itself, on global rank 0 only: metrics.jsonl, run_info.json, wandb, progress.
+
+metrics.jsonl holds one JSON object per logged training step ({"step", "loss", ...}) and one per
+evaluation ({"step", "split", "datasets", "subjects"}). On resume, records after the checkpoint's
+step are dropped before appending, so no step appears twice.
+
+Progress: a tqdm bar on a terminal, a plain line every log_every steps otherwise (cluster logs).
+Nothing from the environment is logged: credentials live in AWS_* variables and never reach here.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mused_fm.bench.common import device_info
+from mused_fm.config import Recipe, recipe_to_dict
+
+__all__ = ["RunLog", "run_info"]
+
+logger = logging.getLogger("mused_fm.train")
+METRICS = "metrics.jsonl"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("mused-fm")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_info(world_size: int, stage: int, precision: str, device: torch.device, deepspeed: str) -> dict[str, Any]:
+    devices = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if device.type == "cuda"
+        else [device_info(device).get("cpu_model", platform.machine())]
+    )
+    return {
+        "world_size": world_size, "zero_stage": stage, "precision": precision, "device": device.type,
+        "devices": devices, "torch": torch.__version__, "deepspeed": deepspeed,
+        "mused_fm": _version(), "git_commit": _git_commit(), "python": platform.python_version(),
+        "host": platform.node(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }  # fmt: skip
+
+
+def _finite(record: dict) -> dict:
+    """JSON has no NaN: write null for undefined metrics (e.g. AUC of a class without negatives)."""
+    if isinstance(record, dict):
+        return {k: _finite(v) for k, v in record.items()}
+    if isinstance(record, float) and not math.isfinite(record):
+        return None
+    return record
+
+
+class RunLog:
+    """Rank-0 writer of a run's records; on other ranks every method does nothing."""
+
+    def __init__(self, out_dir: Path, recipe: Recipe, is_main: bool, resume_step: int, total_steps: int) -> None:
+        self.out_dir, self.is_main, self.total_steps = out_dir, is_main, total_steps
+        self.path = out_dir / METRICS
+        self.wandb = None
+        self.bar = None
+        if not is_main:
+            return
+        self._truncate_after(resume_step)
+        mode = recipe.log.wandb.mode
+        if mode != "disabled" and os.environ.get("WANDB_MODE") != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(
+                project=recipe.log.wandb.project, entity=recipe.log.wandb.entity or None, mode=mode,
+                name=recipe.run.name, dir=str(out_dir), config=recipe_to_dict(recipe),
+                id=self._wandb_id(), resume="allow",
+            )  # fmt: skip
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=resume_step, desc=recipe.run.name, dynamic_ncols=True)
+
+    def _wandb_id(self) -> str:
+        """One wandb run per run directory, kept across resumes (stored beside the metrics)."""
+        path = self.out_dir / "wandb_id.txt"
+        if not path.exists():
+            path.write_text(uuid.uuid4().hex[:12] + "\n")
+        return path.read_text().strip()
+
+    def _truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        kept = [
+            line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
+        ]
+        tmp = self.path.with_name(f".{METRICS}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.path)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        record = _finite(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(_flatten(record), step=record["step"])
+
+    def progress(self, step: int, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        text = (
+            f"loss {record['loss']:.4f} | {record['samples_per_s']:.0f} samples/s | data wait "
+            f"{100 * record['data_wait']:.0f}% | MFU {100 * record['mfu']:.1f}% | lr {record['lr']:.2e}"
+        )
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix_str(text, refresh=True)
+        else:
+            logger.info("step %d/%d | %s", step, self.total_steps, text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _flatten(record: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}/"))
+        elif isinstance(value, int | float) and key != "step":
+            out[name] = value
+    return out
