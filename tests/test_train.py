@@ -124,20 +124,43 @@ def test_kill_and_rerun_resumes_without_repeating_steps(cohort, tmp_path):
     assert steps == list(range(1, 41)), f"killed after step {killed_at}, checkpoint at {saved}"
 
 
-def test_torchrun_as_two_nodes_on_loopback(cohort, tmp_path):
-    """The multi-node path: two torchrun agents (node ranks 0 and 1, one process each) rendezvous over TCP."""
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed-hostfile"])
+def test_two_nodes_on_loopback(cohort, tmp_path, launcher):
+    """The multi-node paths: two launchers (node ranks 0 and 1, one process each) rendezvous over TCP.
+
+    deepspeed-hostfile: the DeepSpeed launcher reading a two-node hostfile, started on each node
+    (--no_ssh, as on clusters without passwordless ssh); torchrun: one agent per node.
+    """
     run = tmp_path / "run"
     recipe = write_recipe(tmp_path / "r.yaml", cohort, run, train={"max_steps": 3, "eval_every": 3})
     port = str(free_port())
-    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
+    bin_dir = Path(sys.executable).parent
+
+    def command(node: int) -> list[str]:
+        if launcher == "torchrun":
+            return [str(bin_dir / "torchrun"), "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1",
+                    "--master_addr", "127.0.0.1", "--master_port", port]  # fmt: skip
+        return [str(bin_dir / "deepspeed"), "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(node),
+                "--master_addr", "127.0.0.1", "--master_port", port]  # fmt: skip
+
     nodes = [
-        subprocess.Popen([torchrun, "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1",
-                          "--master_addr", "127.0.0.1", "--master_port", port,
-                          str(ROOT / "launch" / "train.py"), str(recipe)],
-                         cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [*command(node), str(ROOT / "launch" / "train.py"), str(recipe)],
+            cwd=ROOT,
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
         for node in (0, 1)
-    ]  # fmt: skip
-    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    ]
+    try:
+        outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert json.loads((run / "run_info.json").read_text())["world_size"] == 2
     assert [r["step"] for r in metrics(run) if "split" not in r] == [1, 2, 3]
