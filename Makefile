@@ -46,21 +46,29 @@ bench: install
 # The mission on the simulated cohort, on 2 CPU ranks (or 2 GPUs where present). DEMO_DIR=path to move it.
 DEMO_DIR ?= demo_out
 DEMO_NSD := subj01,subj02,subj03,subj04,subj05,subj06
-DEMO_HCP := 100610,102311,102816,104416
+DEMO_HCP := 100610,102311,102816
 demo: install
-	@echo "== 1/4 simulated cohort in the real NSD/HCP layouts -> $(DEMO_DIR)/raw"
+	@echo "== 1/6 simulated cohort in the real NSD/HCP layouts -> $(DEMO_DIR)/raw"
 	$(PY) -m shards_tools synth --out $(DEMO_DIR)/raw --preset demo
-	@echo "== 2/4 shards (subj06 and 104416 are packed but held out of training, for adaptation)"
+	@echo "== 2/6 shards (subj06 is packed but held out of training: step 6 adds it)"
 	$(PY) -m shards_tools pack-nsd --root $(DEMO_DIR)/raw/nsd --subjects $(DEMO_NSD) --roi-dim 16 \
 		--clip-model $(DEMO_DIR)/raw/clip --out $(DEMO_DIR)/shards/nsd
 	$(PY) -m shards_tools pack-hcp --root $(DEMO_DIR)/raw/hcp --subjects $(DEMO_HCP) \
 		--clip-model $(DEMO_DIR)/raw/clip --out $(DEMO_DIR)/shards/hcp
-	@echo "== 3/4 DeepSpeed ZeRO-2 training on 2 ranks -> $(DEMO_DIR)/run"
+	@echo "== 3/6 DeepSpeed ZeRO-2 training on 2 ranks -> $(DEMO_DIR)/run"
 	$(VENV)/bin/deepspeed --num_gpus 2 launch/train.py recipes/demo.yaml run.out_dir=$(DEMO_DIR)/run \
 		data.datasets.nsd.url=$(DEMO_DIR)/shards/nsd data.datasets.hcp.url=$(DEMO_DIR)/shards/hcp
-	@echo "== 4/4 evaluation on the test split -> $(DEMO_DIR)/eval.json"
+	@echo "== 4/6 evaluation on the test split -> $(DEMO_DIR)/eval.json"
 	$(PY) launch/evaluate.py --checkpoint $(DEMO_DIR)/run/export --shards $(DEMO_DIR)/shards/nsd \
 		--shards $(DEMO_DIR)/shards/hcp --split test --json $(DEMO_DIR)/eval.json
+	@echo "== 5/6 comparison run with subj06 in pretraining (the reference of the new-subject curve)"
+	$(VENV)/bin/deepspeed --num_gpus 2 launch/train.py recipes/demo.yaml run.out_dir=$(DEMO_DIR)/run_with_subj06 \
+		data.datasets.nsd.url=$(DEMO_DIR)/shards/nsd data.datasets.hcp.url=$(DEMO_DIR)/shards/hcp \
+		data.datasets.nsd.subjects=$(DEMO_NSD)
+	@echo "== 6/6 subj06 added by token-only fine-tuning, data-efficiency sweep -> $(DEMO_DIR)/adapt"
+	$(PY) launch/adapt_subject.py --checkpoint $(DEMO_DIR)/run/export --shards $(DEMO_DIR)/shards/nsd \
+		--subjects nsd/subj06 --fractions 0.01,0.05,0.1,0.25,1.0 --reference $(DEMO_DIR)/run_with_subj06/export \
+		--out $(DEMO_DIR)/adapt
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 
 __all__ = [
+    "AdaptConfig",
     "DataConfig",
     "DatasetConfig",
     "LogConfig",
@@ -164,6 +165,37 @@ class LogConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
+@dataclass
+class AdaptConfig:
+    """New subjects by token-only fine-tuning (launch/adapt_subject.py, recipes/new_subject.yaml).
+
+    The model, its datasets and the loss come from `checkpoint` (an export); train.* sets the
+    optimizer, steps and batch of the fine-tuning, data.datasets stays empty.
+    """
+
+    checkpoint: str = ""
+    """Export directory of the trained model (RUN/export), or a run directory."""
+    shards: list[str] = field(default_factory=list)
+    """Shard sets (folders or s3:// prefixes) holding the new subjects, packed by the same tools."""
+    subjects: list[str] = field(default_factory=list)
+    """Global ids of the subjects to add, e.g. nsd/subj08."""
+    out: str = "runs/adapt"
+    """Output: export/ (the model with the new subjects), metrics.jsonl, eval.json, curve.json."""
+    fraction: float = 1.0
+    """Share of each new subject's training samples used (seeded subset)."""
+    fractions: list[float] = field(default_factory=list)
+    """Data-efficiency sweep: token-only vs single-subject from scratch vs full fine-tuning at each
+    fraction; writes curve.json and curve.png. Empty: one token-only run at `fraction`."""
+    reference: str = ""
+    """Sweep only: export of a model pretrained with the new subjects (the curve's in_pretraining point)."""
+    replace: bool = False
+    """Re-learn subjects that are already in the registry instead of refusing them."""
+    patience: int = 4
+    """Early stopping: evaluations on the new subjects' validation split without improvement."""
+    init: Literal["mean", "random"] = "mean"
+    """New tokens start at the mean of the known subjects' tokens of the same dataset, or random."""
+
+
 # DeepSpeed keys the recipe derives from train.*; writing them twice could only disagree.
 _DERIVED_DEEPSPEED_KEYS = {
     "train_batch_size": "train.micro_batch_size x train.grad_accum_steps x world size",
@@ -188,6 +220,7 @@ class Recipe:
     """Pass-through DeepSpeed keys (ZeRO stage, offload, ...). Batch, optimizer and precision keys
     are derived from train.* and refused here."""
     log: LogConfig = field(default_factory=LogConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
     def subject_ids(self) -> list[str]:
         """Global subject ids listed by the recipe, dataset by dataset ('nsd/subj01', ...)."""
@@ -396,7 +429,7 @@ def _validate(recipe: Recipe) -> list[str]:
     if not 0.0 <= m.dropout < 1.0:
         issues.append(f"model.dropout must be in [0, 1), got {m.dropout}.")
 
-    if not recipe.data.datasets:
+    if not recipe.data.datasets and not recipe.adapt.checkpoint:
         issues.append("data.datasets is empty: add at least one dataset, e.g. data.datasets.nsd.url=PATH.")
     for name, ds in recipe.data.datasets.items():
         key = f"data.datasets.{name}"
@@ -425,6 +458,11 @@ def _validate(recipe: Recipe) -> list[str]:
     for name in ("micro_batch_size", "grad_accum_steps", "max_steps", "save_every", "eval_every", "log_every"):
         if getattr(t, name) < 1:
             issues.append(f"train.{name} must be >= 1, got {getattr(t, name)}.")
+    a = recipe.adapt
+    if not all(0 < f <= 1 for f in [a.fraction, *a.fractions]):
+        issues.append(f"adapt.fraction and adapt.fractions must be in (0, 1], got {a.fraction} and {a.fractions}.")
+    if a.patience < 1:
+        issues.append(f"adapt.patience must be >= 1, got {a.patience}.")
     if t.micro_batch_size < len(recipe.data.datasets):
         issues.append(
             f"train.micro_batch_size ({t.micro_batch_size}) must give every dataset at least one "

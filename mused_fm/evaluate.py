@@ -26,7 +26,7 @@ from mused_fm.metrics import grouped_metrics
 from mused_fm.model import MusedOutput
 from mused_fm.train.distributed import all_gather_objects
 
-__all__ = ["evaluate_model", "evaluate_streams", "mean_map", "merge_metrics"]
+__all__ = ["check_shapes", "evaluate_model", "evaluate_streams", "json_safe", "mean_map", "merge_metrics"]
 
 logger = logging.getLogger(__name__)
 Forward = Callable[[torch.Tensor, torch.Tensor, str], MusedOutput]
@@ -89,7 +89,7 @@ def evaluate_streams(
     results = []
     for stream in streams.values():
         local = _predict(forward, stream, split, batch_size, device, dtype, rank, world_size, pad)
-        parts = all_gather_objects(local)
+        parts = all_gather_objects(local) if world_size > 1 else [local]
         if rank != 0:
             continue
         merged = {k: np.concatenate([p[k] for p in parts]) for k in local}
@@ -112,10 +112,10 @@ def mean_map(metrics: dict) -> float:
     return float(np.mean([d["mAP"] for d in metrics["datasets"].values()]))
 
 
-def _json_safe(value):
+def json_safe(value):
     """NaN (a metric undefined for a subject, e.g. AUC without negatives) -> None, so the JSON is valid."""
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
@@ -141,7 +141,7 @@ def evaluate_model(checkpoint: Path, shard_urls: list[str], split: str, batch_si
             raise ValueError(
                 f"{url} holds dataset {name!r}, which the model has no head for ({sorted(model.datasets)})."
             )
-        _check_shapes(stream, model.datasets[name], url)
+        check_shapes(stream.info, model.datasets[name], name, url)
         chosen = [s for s in stream.subjects if (s in subjects if subjects else s in rows)]
         skipped = [s for s in stream.subjects if s not in rows]
         if skipped and not subjects:
@@ -152,7 +152,7 @@ def evaluate_model(checkpoint: Path, shard_urls: list[str], split: str, batch_si
             raise ValueError(f"{url}: none of its subjects ({', '.join(stream.subjects)}) is in the model's registry.")
         stream.subjects = chosen
         streams[name] = stream
-    return _json_safe(evaluate_streams(model, streams, split, batch_size, device))
+    return json_safe(evaluate_streams(model, streams, split, batch_size, device))
 
 
 def _dataset_of(url: str) -> str:
@@ -161,17 +161,20 @@ def _dataset_of(url: str) -> str:
     return read_manifest(url)["info"]["dataset"]
 
 
-def _check_shapes(stream: DatasetStream, spec, url: str) -> None:
-    info = stream.info
+def check_shapes(info: dict, spec, dataset: str, url: str) -> None:
+    """Shards (their manifest's info) against the model's tokenizer and head for `dataset`: named errors."""
     if info["kind"] != spec.input:
         raise ValueError(
-            f"{url} holds {info['kind']!r} samples but the model's {stream.name!r} tokenizer takes {spec.input!r}."
+            f"{url} holds {info['kind']!r} samples but the model's {dataset!r} tokenizer takes {spec.input!r}."
         )
     have = (len(info["rois"]), info["roi_dim"]) if info["kind"] == "roi" else tuple(info["volume_shape"])
     want = (spec.num_rois, spec.roi_dim) if spec.input == "roi" else tuple(spec.volume_shape)
     if have != want:
-        raise ValueError(f"{url}: samples of shape {have}, but the model's {stream.name!r} tokenizer takes {want}.")
+        raise ValueError(
+            f"{url}: samples of shape {have}, but the model's {dataset!r} tokenizer takes {want}; pack the shards "
+            "with the settings the model was trained on (see its config.json)."
+        )
     if len(info["classes"]) != spec.num_classes:
         raise ValueError(
-            f"{url}: {len(info['classes'])} classes, but the model's {stream.name!r} head has {spec.num_classes}."
+            f"{url}: {len(info['classes'])} classes, but the model's {dataset!r} head has {spec.num_classes}."
         )

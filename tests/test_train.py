@@ -153,7 +153,7 @@ def test_two_nodes_on_loopback(cohort, tmp_path, launcher):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         for node in (0, 1)
     ]
     try:

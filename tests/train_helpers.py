@@ -71,11 +71,11 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def deepspeed_run(recipe: Path, *overrides: str, ranks: int = 2, timeout: int = 300, env: dict | None = None,
-                  popen: bool = False):  # fmt: skip
+                  popen: bool = False, script: Path = ROOT / "launch" / "train.py"):  # fmt: skip
     """`deepspeed --num_gpus N launch/train.py RECIPE OVERRIDES`, real ranks; a hang fails after `timeout` s."""
     launcher = Path(sys.executable).with_name("deepspeed")
     cmd = [str(launcher), "--num_gpus", str(ranks), "--master_port", str(free_port()),
-           str(ROOT / "launch" / "train.py"), str(recipe), *overrides]  # fmt: skip
+           str(script), str(recipe), *overrides]  # fmt: skip
     if popen:
         return subprocess.Popen(cmd, cwd=ROOT, env=env or child_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
