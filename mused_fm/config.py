@@ -429,7 +429,7 @@ def _validate(recipe: Recipe) -> list[str]:
     if not 0.0 <= m.dropout < 1.0:
         issues.append(f"model.dropout must be in [0, 1), got {m.dropout}.")
 
-    if not recipe.data.datasets and not recipe.adapt.checkpoint:
+    if not recipe.data.datasets and recipe.adapt == AdaptConfig():  # adaptation recipes take them from the model
         issues.append("data.datasets is empty: add at least one dataset, e.g. data.datasets.nsd.url=PATH.")
     for name, ds in recipe.data.datasets.items():
         key = f"data.datasets.{name}"
