@@ -5,7 +5,9 @@
 Writes NSD-shaped shards with the real writer (bold 10 x 268 float16, llv 1024, hlv 512, 80 labels,
 records of 128 samples), then times `train_loader` (batch 64, shuffle buffer 2048, in the main
 process on one thread: per core) reading them from a folder, and from a moto S3 server on loopback
-in a process of its own (on the machine's other core, as a remote store would not use ours).
+in a process of its own (on the machine's other core, as a remote store would not use ours); the
+server's CPU seconds over the timed batches are reported next to ours (`s3_server_cpu_s`,
+`s3_client_cpu_s`), so what the store costs on this machine is visible, not hidden.
 `train_samples_per_s` is what one flagship training step (24 x 512, fwd+bwd, the model benchmark's
 step) consumes on this device.
 """
@@ -50,16 +52,32 @@ def _write(url: str, n: int) -> None:
     writer.finish()
 
 
-def _rate(url: str, batches: int) -> float:
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rate(url: str, batches: int, server_pid: int | None = None) -> dict:
+    """samples/s over `batches` timed batches, with this process's and the server's CPU seconds meanwhile."""
     rows = {s: i for i, s in enumerate(SUBJECTS)}
     loader = train_loader(DatasetStream("nsd", url, rows), "train", batch_size=64, epoch_batches=batches + 10,
                           seed=0, num_workers=0, buffer=2048)  # fmt: skip
     it = iter(loader)
     for _ in range(10):  # warm-up: fill the shuffle buffer, open the first shards
         next(it)
-    start = time.perf_counter()
+    server = _cpu_seconds(server_pid) if server_pid else None
+    cpu, start = time.process_time(), time.perf_counter()
     n = sum(len(next(it)["subject"]) for _ in range(batches))
-    return n / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    out = {"samples_per_s": n / seconds, "seconds": seconds, "cpu_s": time.process_time() - cpu}
+    if server is not None:
+        out["server_cpu_s"] = _cpu_seconds(server_pid) - server
+    return out
 
 
 @contextlib.contextmanager
@@ -92,7 +110,7 @@ def _moto_bucket():
                 time.sleep(0.2)
         s3fs.S3FileSystem.clear_instance_cache()
         s3fs.S3FileSystem().mkdir("mused-bench")
-        yield "s3://mused-bench"
+        yield "s3://mused-bench", server.pid
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -121,12 +139,18 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)  # per core
     with tempfile.TemporaryDirectory(prefix="mused-bench-loader-") as tmp:
         _write(f"{tmp}/nsd", args.samples)
-        local = _rate(f"{tmp}/nsd", args.batches)
-    result = {"samples_per_s": local, "samples": args.samples, "batch_size": 64, "cores": 1}
+        timed = _rate(f"{tmp}/nsd", args.batches)
+    local = timed["samples_per_s"]
+    result = {"samples_per_s": local, "samples": args.samples, "batch_size": 64, "cores": 1,
+              "local_seconds": timed["seconds"], "local_cpu_s": timed["cpu_s"]}  # fmt: skip
     if not args.no_s3:
-        with _moto_bucket() as bucket:
+        with _moto_bucket() as (bucket, server_pid):
             _write(f"{bucket}/nsd", args.samples)
-            result["s3_samples_per_s"] = _rate(f"{bucket}/nsd", args.batches)
+            timed = _rate(f"{bucket}/nsd", args.batches, server_pid)
+        result.update({"s3_samples_per_s": timed["samples_per_s"], "s3_seconds": timed["seconds"],
+                       "s3_client_cpu_s": timed["cpu_s"]})  # fmt: skip
+        if "server_cpu_s" in timed:
+            result["s3_server_cpu_s"] = timed["server_cpu_s"]
         result["s3_ratio_to_local"] = result["s3_samples_per_s"] / local
     result["train_samples_per_s"] = _train_rate()
     result["ratio_to_training"] = local / result["train_samples_per_s"]
@@ -138,6 +162,10 @@ def report(result: dict) -> str:
     if "s3_samples_per_s" in result:
         lines.append(f"moto S3          {result['s3_samples_per_s']:10.0f} samples/s  "
                      f"(ratio to local {result['s3_ratio_to_local']:.2f})")  # fmt: skip
+        r = result
+        server = f" + moto server {r['s3_server_cpu_s']:.2f} s" if "s3_server_cpu_s" in r else ""
+        lines.append(f"CPU while timed  local {r['local_cpu_s']:.2f} s in {r['local_seconds']:.2f} s; "
+                     f"S3 loader {r['s3_client_cpu_s']:.2f} s{server} in {r['s3_seconds']:.2f} s")  # fmt: skip
     lines.append(f"flagship step    {result['train_samples_per_s']:10.1f} samples/s consumed  "
                  f"(loader / training = {result['ratio_to_training']:.0f})")  # fmt: skip
     return "\n".join(lines)

@@ -1,30 +1,102 @@
-"""`s3://` URLs for webdataset: an s3fs-backed gopen handler, registered when this module is imported.
+"""`s3://` URLs for webdataset: a gopen handler registered when this module is imported.
 
 webdataset 1.0.2 has no S3 opener ("no gopen handler defined"). The registration happens at import,
 so DataLoader workers started with spawn or forkserver (which re-import modules) have it too; the
 pipeline module imports this one. Endpoint, region and credentials come from the usual AWS variables
-(`AWS_ENDPOINT_URL` for MinIO or moto) inside each worker; no filesystem object crosses processes.
+(`AWS_ENDPOINT_URL` for MinIO or moto) inside each worker, resolved by botocore as s3fs resolves
+them; a client is made per process (clients are thread-safe, not fork-safe) and never crosses one.
 
-Reads are ranged GETs of 64 MiB with read-ahead: measured from a local moto server
-(a one-off probe on `python -m mused_fm.bench loader`-shaped shards, one core), 8 / 32 / 64 MiB
-requests gave 23.6k / 32.8k / 35.9k samples/s; per-request overhead, not bandwidth, is what costs.
-A prefetch thread did worse (21.9k): it competes with decoding for the interpreter.
+A shard is read with one streaming GET of the whole object, consumed through a 1 MiB buffer as the
+tar reader asks for bytes: one request per shard (the s3fs file used before made a HEAD and a ranged
+GET), nothing gathered before the first record is parsed, and the server keeps sending while the
+pipeline decodes. botocore checks the object's CRC32 when the store sends one (its default;
+AWS_RESPONSE_CHECKSUM_VALIDATION=when_required turns that off). If the connection drops mid-shard the
+stream resumes with a ranged GET from where it stopped, pinned to the first response's ETag: a
+replaced object fails (and the pipeline skips and counts the rest) instead of mixing two versions.
+Writing (`mode` other than "rb") still goes through s3fs. Measurements: docs/BENCHMARKS.md, loader.
 """
 
 from __future__ import annotations
 
+import io
+import os
+import threading
+
+import botocore.exceptions
+import botocore.session
 import fsspec
 import webdataset as wds
 
 __all__ = ["gopen_s3"]
 
-BLOCK = 64 * 2**20
+BUFFER = 2**20  # bytes per read from the socket; 128 KiB to 4 MiB measured alike
+RESUMES = 3  # ranged re-GETs after a dropped connection, per shard
+DRAIN = 2**20  # an unread tail up to this size is read on close so the connection goes back to the pool
+
+# What a dropped or stalled connection raises while a body is read (urllib3 errors come wrapped).
+_DROPPED = (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError,
+            botocore.exceptions.ReadTimeoutError, ConnectionError)  # fmt: skip
+
+_clients: dict[int, object] = {}
+_lock = threading.Lock()
+
+
+def _client():
+    pid = os.getpid()
+    if pid not in _clients:
+        with _lock:
+            if pid not in _clients:
+                _clients[pid] = botocore.session.get_session().create_client("s3")
+    return _clients[pid]
+
+
+class _ObjectReader(io.RawIOBase):
+    """The body of one GET of `s3://bucket/key`, resumed by ranged GETs if the connection drops."""
+
+    def __init__(self, url: str) -> None:
+        self.name = url
+        self.bucket, _, self.key = url.removeprefix("s3://").partition("/")
+        response = _client().get_object(Bucket=self.bucket, Key=self.key)
+        self.size, self.etag, self.body = response["ContentLength"], response["ETag"], response["Body"]
+        self.pos, self.resumes = 0, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self.pos < self.size:
+            try:
+                n = self.body.readinto(buffer)
+                if n == 0:  # botocore checks the length at the end, but do not rely on it
+                    raise botocore.exceptions.IncompleteReadError(actual_bytes=self.pos, expected_bytes=self.size)
+                self.pos += n
+                return n
+            except _DROPPED:
+                if self.resumes == RESUMES:
+                    raise
+                self.resumes += 1
+                self.body.close()
+                self.body = _client().get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={self.pos}-",
+                                                 IfMatch=self.etag)["Body"]  # fmt: skip
+        return 0
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                if 0 < self.size - self.pos <= DRAIN:  # tar padding: read it, keep the connection
+                    self.body.read()
+            except Exception:  # a broken tail only costs the connection
+                pass
+            finally:
+                self.body.close()
+                super().close()
 
 
 def gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_):
-    # Per-file options belong on fs.open (fsspec.open would pass them to the filesystem constructor).
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs.open(path, mode, block_size=BLOCK, cache_type="readahead")
+    if mode != "rb":  # writing: s3fs (multipart upload, visible when complete)
+        fs, path = fsspec.core.url_to_fs(url)
+        return fs.open(path, mode)
+    return io.BufferedReader(_ObjectReader(url), buffer_size=BUFFER)
 
 
 wds.gopen_schemes["s3"] = gopen_s3
