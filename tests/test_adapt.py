@@ -74,10 +74,12 @@ def test_token_only_adaptation_changes_nothing_else(base, tmp_path):
 
 
 def test_two_rank_adaptation_through_the_recipe(base, tmp_path):
+    """Two DeepSpeed ranks under ZeRO-1, the stage whose checkpoint export silently drops frozen weights."""
     out = tmp_path / "a"
     proc = deepspeed_run(ROOT / "recipes" / "new_subject.yaml", f"adapt.checkpoint={base['export']}",
                          f"adapt.shards={base['nsd']}", "adapt.subjects=nsd/subj04", f"adapt.out={out}",
-                         "train.max_steps=20", "train.eval_every=10", script=ADAPT)  # fmt: skip
+                         "train.max_steps=20", "train.eval_every=10", "deepspeed.zero_optimization.stage=1",
+                         script=ADAPT)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert_only_new_row_changed(base["export"], out / "export")
 

@@ -190,3 +190,14 @@ def test_flagship_recipe_without_urls_is_a_clear_error():
     assert proc.returncode == 2
     assert "data.datasets.nsd.url is empty" in proc.stderr
     assert "shards_tools pack-nsd" in proc.stderr
+
+
+def test_resuming_with_other_subjects_is_an_error_naming_them(tmp_path):
+    """A run directory's token table belongs to its subjects: a recipe that changes them is refused by name."""
+    from mused_fm.model import SubjectRegistry
+    from mused_fm.train.loop import _registry
+
+    SubjectRegistry(["nsd/subj01", "nsd/subj02"]).save(tmp_path / "registry.json")
+    assert _registry(tmp_path, ["nsd/subj01", "nsd/subj02"]).ids == ["nsd/subj01", "nsd/subj02"]
+    with pytest.raises(ValueError, match=r"new: \['nsd/subj03'\], gone: \['nsd/subj02'\].*adapt_subject"):
+        _registry(tmp_path, ["nsd/subj01", "nsd/subj03"])

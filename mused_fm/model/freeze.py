@@ -91,9 +91,11 @@ def trainable_summary(model: MusedModel) -> str:
     trainable = [f"{n} {tuple(p.shape)}" for n, p in model.named_parameters() if p.requires_grad]
     total = sum(p.numel() for p in model.parameters())
     count = num_trainable(model)
-    line = f"trainable: {', '.join(trainable) or 'nothing'} = {count:,} of {total:,} parameters ({count / total:.4%})"
+    listed = ", ".join(trainable[:4]) + (f", ... ({len(trainable)} tensors)" if len(trainable) > 4 else "")
+    line = f"trainable: {listed or 'nothing'} = {count:,} of {total:,} parameters ({count / total:.4%})"
     if model.keep_eval:
-        line += f"; kept in eval mode: {len(model.keep_eval)} modules with buffers ({', '.join(model.keep_eval)})"
+        names = ", ".join(model.keep_eval[:3]) + (", ..." if len(model.keep_eval) > 3 else "")
+        line += f"; kept in eval mode: {len(model.keep_eval)} modules with buffers ({names})"
     return line
 
 
