@@ -40,7 +40,7 @@ from mused_fm.data.pipeline import DatasetStream, eval_batches, split_batch
 from mused_fm.evaluate import check_shapes, evaluate_streams, json_safe, mean_map
 from mused_fm.model import MusedModel, build_model
 from mused_fm.model.freeze import assert_unchanged, freeze_for_new_subjects, snapshot, trainable_summary
-from mused_fm.train.distributed import world_size
+from mused_fm.train.distributed import broadcast_value
 from mused_fm.train.engine import DistInfo, Engine, barrier, init_distributed
 from mused_fm.train.objective import Objective, batch_to_device
 from mused_fm.train.run_log import RunLog
@@ -197,6 +197,7 @@ class _Adapter:
         val = {d: self._stream(d, rows) for d in train}
         sizes = split_batch(t.micro_batch_size, dict.fromkeys(train, 1.0))
         engine = Engine(Objective(model, r.loss), r, self.dist)
+        self._engine_dtype = engine.dtype
         label = f"{method} @ {fraction:g} ({n_train} samples)"
         if self.dist.is_main:
             logger.info("%s: %s", label, trainable_summary(model))
@@ -215,7 +216,7 @@ class _Adapter:
             metrics = evaluate_streams(engine.module.model, val, "val", 256, self.dist.device, engine.dtype,
                                        self.dist.rank, self.dist.world_size, pad=engine.stage == 3)  # fmt: skip
             engine.train(True)
-            score = _broadcast(mean_map(metrics) if self.dist.is_main else 0.0)
+            score = broadcast_value(mean_map(metrics) if self.dist.is_main else 0.0)
             self.log.write({"step": step, "method": method, "fraction": fraction, "loss": float(loss.detach()),
                             "split": "val", "mAP": score})  # fmt: skip
             if score > best.val_mAP:
@@ -233,7 +234,15 @@ class _Adapter:
         """Rank 0: the starting model with the run's best weights; for tokens, checked bit for bit."""
         model = copy.deepcopy(start)
         state = {k.removeprefix("model."): v for k, v in result.state.items()}
-        if result.method == "tokens":  # only the new rows come from the engine; the rest stays the fp32 original
+        if result.method == "tokens":
+            # What the engine holds must be the frozen originals (in its compute dtype: bf16 on GPUs) ...
+            moved = [
+                k for k, v in before.items()
+                if k != "subject_tokens.new" and not torch.equal(state[k], v.to(self._engine_dtype).to(state[k].dtype))
+            ]  # fmt: skip
+            if moved:
+                raise RuntimeError(f"frozen tensors changed during token-only training: {moved}; no export written.")
+            # ... and the export takes only the new rows from it: the rest stays the fp32 original.
             model.subject_tokens.new.data.copy_(state["subject_tokens.new"])
             assert_unchanged(before, model, allowed=("subject_tokens.new",))
         else:
@@ -244,13 +253,6 @@ class _Adapter:
         rows = {s: i for i, s in enumerate(model.registry.ids)}
         streams = {d: self._stream(d, rows) for d in self.train_sets}
         return json_safe(evaluate_streams(model, streams, "test", 256, torch.device("cpu")))
-
-
-def _broadcast(value: float) -> float:
-    t = torch.tensor([value], dtype=torch.float64)
-    if world_size() > 1:
-        torch.distributed.broadcast(t, 0)
-    return t.item()
 
 
 def _point(result: RunResult, metrics: dict) -> dict:

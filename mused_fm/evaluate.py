@@ -148,10 +148,15 @@ def evaluate_model(checkpoint: Path, shard_urls: list[str], split: str, batch_si
             logger.info(
                 "%s: skipping %s, not in the model's registry (add them with launch/adapt_subject.py)", url, skipped
             )
+        if not chosen and subjects:  # --subjects names none of this shard set's subjects
+            continue
         if not chosen:
             raise ValueError(f"{url}: none of its subjects ({', '.join(stream.subjects)}) is in the model's registry.")
         stream.subjects = chosen
         streams[name] = stream
+    uncovered = sorted(set(subjects) - {s for st in streams.values() for s in st.subjects})
+    if uncovered:
+        raise ValueError(f"--subjects {uncovered} are in none of the --shards sets ({', '.join(shard_urls)}).")
     return json_safe(evaluate_streams(model, streams, split, batch_size, device))
 
 

@@ -67,10 +67,16 @@ class LossTerms:
     rsa_llv: torch.Tensor
     rsa_hlv: torch.Tensor
 
+    NAMES = ("loss", "bce", "orth", "rsa_llv", "rsa_hlv")
+
+    def stacked(self) -> torch.Tensor:
+        """(5,) detached values (at least float32) in NAMES order, on the device: sum over steps, sync once."""
+        terms = [self.total, self.bce, self.orth, self.rsa_llv, self.rsa_hlv]
+        return torch.stack([_at_least_f32(t.detach()) for t in terms])
+
     def as_floats(self) -> dict[str, float]:
         """Detached values for logging (one host sync per call)."""
-        values = torch.stack([self.total, self.bce, self.orth, self.rsa_llv, self.rsa_hlv]).detach().cpu()
-        return dict(zip(("loss", "bce", "orth", "rsa_llv", "rsa_hlv"), values.tolist(), strict=True))
+        return dict(zip(self.NAMES, self.stacked().cpu().tolist(), strict=True))
 
 
 def clip_mused_loss(

@@ -11,11 +11,32 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_gather_objects", "gather_with_grad", "mean_over_ranks", "sum_over_ranks", "world_size"]
+__all__ = [
+    "all_gather_objects",
+    "broadcast_value",
+    "gather_with_grad",
+    "mean_over_ranks",
+    "sum_over_ranks",
+    "world_size",
+]
 
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _comm_device() -> torch.device:
+    """Where small bookkeeping tensors must live for the process group: NCCL has no CPU tensors."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def broadcast_value(value: float) -> float:
+    """Rank 0's number on every rank (decisions such as early stopping must be identical everywhere)."""
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
+    dist.broadcast(t, 0)
+    return t.item()
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -60,7 +81,7 @@ def sum_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """Element-wise sum of a dict of numbers over ranks (same keys, same order on every rank)."""
     if world_size() == 1 or not values:
         return dict(values)
-    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
     return dict(zip(values, t.tolist(), strict=True))
 

@@ -170,9 +170,21 @@ class Engine:
 
     def load_latest(self, directory: str | Path) -> dict | None:
         """Collective: load the checkpoint `latest` points to; None when there is none."""
-        if not (Path(directory) / "latest").is_file():
+        # Rank 0 decides for all: a rank that cannot see the files (node-local out_dir) must fail, not
+        # skip this collective and start from step 0 while the others resume.
+        found = [(Path(directory) / "latest").is_file()]
+        torch.distributed.broadcast_object_list(found, src=0)
+        if not found[0]:
             return None
-        path, client_state = self.engine.load_checkpoint(str(directory))
+        try:
+            path, client_state = self.engine.load_checkpoint(str(directory))
+        except Exception as err:
+            if "world size" not in str(err):
+                raise
+            raise RuntimeError(
+                f"{directory}: {err}\nResume with the number of ranks that wrote the checkpoint, or convert it "
+                "with DeepSpeed's ds_to_universal, or start a new run from the export."
+            ) from err
         if path is None:
             raise RuntimeError(
                 f"{directory}/latest names a checkpoint that could not be loaded; delete the partial "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -26,9 +27,10 @@ from mused_fm.bench.common import count_flops, matmul_peak_flops
 from mused_fm.config import Recipe, save_recipe
 from mused_fm.data.pipeline import DatasetStream, split_batch, train_loader
 from mused_fm.evaluate import evaluate_streams, mean_map
+from mused_fm.losses import LossTerms
 from mused_fm.model import MusedModel, SubjectRegistry, build_model
 from mused_fm.train.data import open_streams, resolve_datasets
-from mused_fm.train.distributed import mean_over_ranks, sum_over_ranks
+from mused_fm.train.distributed import broadcast_value, mean_over_ranks, sum_over_ranks
 from mused_fm.train.engine import DEEPSPEED_VERSION, DistInfo, Engine, barrier, init_distributed
 from mused_fm.train.objective import Objective, batch_to_device
 from mused_fm.train.run_log import RunLog, run_info
@@ -109,6 +111,7 @@ class _Trainer:
             self.registry.save(self.out / "registry.json")
             info = run_info(dist.world_size, self.engine.stage, self.engine.precision, dist.device, DEEPSPEED_VERSION)
             (self.out / "run_info.json").write_text(json.dumps(info, indent=1) + "\n")
+            self._drop_stale_best()
             if self.start:
                 logger.info("resuming from %s/%s/step%d (step %d of %d); the data stream restarts with a new seed",
                             self.out, CHECKPOINTS, self.start, self.start, t.max_steps)  # fmt: skip
@@ -116,6 +119,15 @@ class _Trainer:
                         len(self.registry), ", ".join(self.registry.ids), self.sizes, dist.world_size,
                         self.engine.stage, self.engine.precision)  # fmt: skip
         self.log = RunLog(self.out, self.recipe, dist.is_main, self.start, t.max_steps)
+
+    def _drop_stale_best(self) -> None:
+        """A best/ exported after the checkpoint we resume from belongs to a discarded timeline."""
+        marker = self.out / BEST / "best.json"
+        if marker.exists() and json.loads(marker.read_text())["step"] > self.start:
+            logger.info(
+                "removing %s: written after the step %d checkpoint this run resumes from", marker.parent, self.start
+            )
+            shutil.rmtree(marker.parent)
 
     def loaders(self) -> dict[str, object]:
         t = self.recipe.train
@@ -141,10 +153,9 @@ class _Trainer:
                 self.engine.backward(loss)
                 self.engine.step()
                 window["n"] += 1
-                for name, term in terms.items():
-                    for key, value in term.as_floats().items():
-                        window["sums"][f"{name}/{key}"] = window["sums"].get(f"{name}/{key}", 0.0) + value
-                window["sums"]["loss"] = window["sums"].get("loss", 0.0) + float(loss.detach())
+                for name, term in terms.items():  # on the device: no host sync per step
+                    window["sums"][name] = window["sums"].get(name, 0.0) + term.stacked()
+                window["sums"]["loss"] = window["sums"].get("loss", 0.0) + loss.detach().float()
             if step % t.log_every == 0 or step == t.max_steps:
                 self._log_window(step, window)
                 window = self._new_window()
@@ -162,7 +173,11 @@ class _Trainer:
 
     def _log_window(self, step: int, window: dict) -> None:
         elapsed = time.perf_counter() - window["began"]
-        means = mean_over_ranks({k: v / max(window["n"], 1) for k, v in sorted(window["sums"].items())})
+        sums = {k: v.cpu().tolist() for k, v in window["sums"].items()}  # the window's one host sync
+        flat = {"loss": sums.pop("loss")}
+        for name, values in sorted(sums.items()):
+            flat.update({f"{name}/{key}": v for key, v in zip(LossTerms.NAMES, values, strict=True)})
+        means = mean_over_ranks({k: v / max(window["n"], 1) for k, v in flat.items()})
         shares = mean_over_ranks({"data_wait": window["wait"] / elapsed})
         skipped = int(sum_over_ranks({"skipped": float(window["skipped"])})["skipped"])
         samples = window["n"] * self.recipe.train.micro_batch_size * self.dist.world_size
@@ -189,13 +204,13 @@ class _Trainer:
             self.engine.dtype, self.dist.rank, self.dist.world_size, pad=self.engine.stage == 3,
         )  # fmt: skip
         self.engine.train(True)
-        score = torch.tensor([mean_map(metrics) if self.dist.is_main else 0.0], dtype=torch.float64)
-        if self.dist.world_size > 1:
-            torch.distributed.broadcast(score, 0)
-        improved = score.item() > self.best["mAP"]
+        score = broadcast_value(mean_map(metrics) if self.dist.is_main else 0.0)
+        improved = score > self.best["mAP"]
         if improved:
-            self.best = {"step": step, "mAP": score.item()}
+            self.best = {"step": step, "mAP": score}
             self._export(self.out / BEST)
+            if self.dist.is_main:
+                (self.out / BEST / "best.json").write_text(json.dumps(self.best) + "\n")
         if self.dist.is_main:
             self.log.write({"step": step, "split": "val", "best": improved, **metrics})
             summary = ", ".join(f"{n} mAP {m['mAP']:.3f}" for n, m in metrics["datasets"].items())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
-import math
 import os
 import platform
 import subprocess
@@ -27,6 +26,7 @@ import torch
 
 from mused_fm.bench.common import device_info
 from mused_fm.config import Recipe, recipe_to_dict
+from mused_fm.evaluate import json_safe
 
 __all__ = ["RunLog", "run_info"]
 
@@ -62,15 +62,6 @@ def run_info(world_size: int, stage: int, precision: str, device: torch.device, 
         "mused_fm": _version(), "git_commit": _git_commit(), "python": platform.python_version(),
         "host": platform.node(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }  # fmt: skip
-
-
-def _finite(record: dict) -> dict:
-    """JSON has no NaN: write null for undefined metrics (e.g. AUC of a class without negatives)."""
-    if isinstance(record, dict):
-        return {k: _finite(v) for k, v in record.items()}
-    if isinstance(record, float) and not math.isfinite(record):
-        return None
-    return record
 
 
 class RunLog:
@@ -118,7 +109,7 @@ class RunLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.is_main:
             return
-        record = _finite(record)
+        record = json_safe(record)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.wandb is not None:
