@@ -12,7 +12,6 @@ matched to the model's dataset of the same name; its subjects that the model kno
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -34,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from mused_fm.evaluate import evaluate_model
+    from mused_fm.evaluate import evaluate_model, write_json
 
     try:
         wanted = [s for s in args.subjects.split(",") if s]
@@ -43,14 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n")
-    tmp.replace(out)
+    write_json(args.json, metrics)
     for name, m in metrics["datasets"].items():
         print(f"{name}: mAP {m['mAP']:.4f}  AUC {m['AUC']:.4f}  hamming {m['hamming']:.4f}  (n={m['n']}, {args.split})")
-    print(f"wrote {out}")
+    print(f"wrote {args.json}")
     return 0
 
 

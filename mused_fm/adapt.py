@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch
 
 from mused_fm.config import Recipe, recipe_from_dict
 from mused_fm.data.pipeline import DatasetStream, eval_batches, split_batch
-from mused_fm.evaluate import check_shapes, evaluate_streams, json_safe, mean_map
+from mused_fm.evaluate import check_shapes, evaluate_streams, json_safe, load_export, mean_map, write_json
 from mused_fm.model import MusedModel, build_model
 from mused_fm.model.freeze import assert_unchanged, freeze_for_new_subjects, snapshot, trainable_summary
 from mused_fm.train.distributed import broadcast_value
@@ -45,15 +44,10 @@ from mused_fm.train.engine import DistInfo, Engine, barrier, init_distributed
 from mused_fm.train.objective import Objective, batch_to_device
 from mused_fm.train.run_log import RunLog
 
-__all__ = ["adapt", "load_export"]
+__all__ = ["adapt"]
 
 logger = logging.getLogger("mused_fm.adapt")
 METHODS = ("tokens", "scratch", "full")
-
-
-def load_export(checkpoint: str | Path) -> MusedModel:
-    path = Path(checkpoint)
-    return MusedModel.from_pretrained(path / "export" if (path / "export").is_dir() else path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,21 +55,23 @@ def load_export(checkpoint: str | Path) -> MusedModel:
 # --------------------------------------------------------------------------------------------
 
 
-class SubjectSamples:
-    """All samples of one split of the new subjects of one dataset, in memory (they are few)."""
-
-    def __init__(self, stream: DatasetStream, split: str) -> None:
-        parts = list(eval_batches(stream, split, batch_size=4096))
-        counts = {s: 0 for s in stream.subjects}
-        for p in parts:
-            for s in p["subject"]:
-                counts[s] += 1
-        empty = [s for s, n in counts.items() if n == 0]
+def _check_splits(stream: DatasetStream) -> None:
+    """Every new subject needs train, val and test samples: a named error otherwise."""
+    for split in ("train", "val", "test"):
+        have = {s["subject"] for s in stream.manifest["shards"] if s["split"] == split and s["count"]}
+        empty = [s for s in stream.subjects if s not in have]
         if empty:
             raise ValueError(
                 f"{stream.url}: no {split!r} samples for {empty}; the new subjects need train, val and test "
                 "samples (pack them with the same shards_tools command as the others)."
             )
+
+
+class SubjectSamples:
+    """All samples of one split of the new subjects of one dataset, in memory (they are few)."""
+
+    def __init__(self, stream: DatasetStream, split: str) -> None:
+        parts = list(eval_batches(stream, split, batch_size=4096))
         self.dataset = stream.name
         self.arrays = {k: torch.cat([p[k] for p in parts]).numpy() for k in ("bold", "labels", "clip_llv", "clip_hlv")}
         self.subjects = np.asarray([s for p in parts for s in p["subject"]])
@@ -145,10 +141,9 @@ class _Adapter:
         self.urls = self._shard_urls(datasets)
         self.out = Path(a.out)
         rows = {s: i for i, s in enumerate(self.new_ids)}  # only to read: each model maps ids itself
+        for d in sorted(datasets):  # from the manifest, before anything is read
+            _check_splits(self._stream(d, rows))
         self.train_sets = {d: SubjectSamples(self._stream(d, rows), "train") for d in sorted(datasets)}
-        for d in self.train_sets:
-            SubjectSamples(self._stream(d, rows), "val")  # empty val or test splits fail here, by name
-            SubjectSamples(self._stream(d, rows), "test")
 
     def _shard_urls(self, datasets: set[str]) -> dict[str, str]:
         from mused_fm.data.manifest import read_manifest
@@ -295,7 +290,7 @@ def adapt(recipe: Recipe) -> Path:
     if dist.is_main:
         export_model.merge_new_subjects()
         export_model.save_pretrained(out / "export")
-        _write_json(out / "eval.json", export_metrics)
+        write_json(out / "eval.json", export_metrics)
         logger.info("exported %s with %s added (token-only, fraction %g) to %s",
                     recipe.adapt.checkpoint, ", ".join(job.new_ids), max(fractions), out / "export")  # fmt: skip
         if sweep:
@@ -304,16 +299,10 @@ def adapt(recipe: Recipe) -> Path:
                 n_all = sum(len(s) for s in job.train_sets.values())
                 points.append({"method": "in_pretraining", "fraction": 1.0, "n_train": n_all,
                                **_pooled(job.test_metrics(reference))})  # fmt: skip
-            _write_json(out / "curve.json", points)
+            write_json(out / "curve.json", points)
             from mused_fm.figures import plot_curve
 
             plot_curve(points, out / "curve.png", ", ".join(job.new_ids))
     job.log.close()
     barrier()
     return out
-
-
-def _write_json(path: Path, payload) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n")
-    tmp.replace(path)

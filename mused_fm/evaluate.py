@@ -13,6 +13,7 @@ discarded (`pad=True`). The batch counts come from the manifest, so no rank has 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -21,19 +22,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mused_fm.data import storage
 from mused_fm.data.pipeline import DatasetStream, eval_batches
 from mused_fm.metrics import grouped_metrics
-from mused_fm.model import MusedOutput
+from mused_fm.model import MusedModel, MusedOutput
 from mused_fm.train.distributed import all_gather_objects
 
-__all__ = ["check_shapes", "evaluate_model", "evaluate_streams", "json_safe", "mean_map", "merge_metrics"]
+__all__ = [
+    "check_shapes",
+    "evaluate_model",
+    "evaluate_streams",
+    "json_safe",
+    "load_export",
+    "mean_map",
+    "merge_metrics",
+    "write_json",
+]
 
 logger = logging.getLogger(__name__)
 Forward = Callable[[torch.Tensor, torch.Tensor, str], MusedOutput]
 
 
 def _batch_counts(stream: DatasetStream, split: str, batch_size: int, world_size: int) -> list[int]:
-    shards = [s for s in stream.manifest["shards"] if s["split"] == split and s["subject"] in stream.subjects]
+    shards = stream.shards(split)
     return [math.ceil(sum(s["count"] for s in shards[r::world_size]) / batch_size) for r in range(world_size)]
 
 
@@ -122,11 +133,7 @@ def json_safe(value):
 def evaluate_model(checkpoint: Path, shard_urls: list[str], split: str, batch_size: int, subjects: list[str],
                    device: torch.device) -> dict:  # fmt: skip
     """What launch/evaluate.py computes: an export against shard sets, in one process."""
-    from mused_fm.model import MusedModel
-
-    if (checkpoint / "export").is_dir():
-        checkpoint = checkpoint / "export"
-    model = MusedModel.from_pretrained(checkpoint, map_location=device).eval()
+    model = load_export(checkpoint).to(device).eval()
     rows = {s: i for i, s in enumerate(model.registry.ids)}
     unknown = [s for s in subjects if s not in rows]
     if unknown:
@@ -158,6 +165,17 @@ def evaluate_model(checkpoint: Path, shard_urls: list[str], split: str, batch_si
     if uncovered:
         raise ValueError(f"--subjects {uncovered} are in none of the --shards sets ({', '.join(shard_urls)}).")
     return json_safe(evaluate_streams(model, streams, split, batch_size, device))
+
+
+def load_export(checkpoint: str | Path) -> MusedModel:
+    """A MusedModel from an export directory, or from a run directory's export/."""
+    path = Path(checkpoint)
+    return MusedModel.from_pretrained(path / "export" if (path / "export").is_dir() else path)
+
+
+def write_json(path: str | Path, payload) -> None:
+    """Strict JSON (no NaN), written atomically to a file or an s3:// URL."""
+    storage.write_bytes(str(path), (json.dumps(payload, indent=1, allow_nan=False) + "\n").encode())
 
 
 def _dataset_of(url: str) -> str:

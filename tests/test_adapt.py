@@ -129,4 +129,4 @@ def test_bad_input_is_named(base, tmp_path):
     shutil.copytree(base["nsd"], no_val)
     (no_val / "manifest.json").write_text(json.dumps(manifest))
     empty = adapt(*common, "--shards", str(no_val), "--subjects", "nsd/subj04")
-    assert empty.returncode == 2 and "no 'val' shards for ['nsd/subj04']" in empty.stderr
+    assert empty.returncode == 2 and "no 'val' samples for ['nsd/subj04']" in empty.stderr

@@ -88,17 +88,18 @@ class DatasetStream:
                 with np.load(io.BytesIO(storage.read_bytes(storage.join(self.url, known[sid]["preproc"])))) as f:
                     self.masks[sid] = np.flatnonzero(f["mask"].ravel())
 
-    def _shards(self, split: str) -> list[dict]:
+    def shards(self, split: str) -> list[dict]:
+        """Manifest entries of the split's shards of the chosen subjects."""
         return [s for s in self.manifest["shards"] if s["split"] == split and s["subject"] in self.subjects]
 
     def shard_urls(self, split: str) -> list[str]:
-        urls = [shard_url(self.url, s) for s in self._shards(split)]
+        urls = [shard_url(self.url, s) for s in self.shards(split)]
         if not urls:
             raise ValueError(f"{self.url} has no {split!r} shards for {self.subjects}; check the split and subjects.")
         return urls
 
     def count(self, split: str) -> int:
-        return sum(s["count"] for s in self._shards(split))
+        return sum(s["count"] for s in self.shards(split))
 
     def arrays(self, record: dict) -> dict[str, np.ndarray]:
         """A decoded block as arrays (bold unmasked for volume datasets) with token rows per sample."""

@@ -25,7 +25,7 @@ import torch
 
 from mused_fm.bench.common import count_flops, matmul_peak_flops
 from mused_fm.config import Recipe, save_recipe
-from mused_fm.data.pipeline import DatasetStream, split_batch, train_loader
+from mused_fm.data.pipeline import split_batch, train_loader
 from mused_fm.evaluate import evaluate_streams, mean_map
 from mused_fm.losses import LossTerms
 from mused_fm.model import MusedModel, SubjectRegistry, build_model
@@ -79,10 +79,6 @@ def _flops_per_step(model: MusedModel, sizes: dict[str, int]) -> float:
             total += 3 * sizes[name] * count_flops(lambda: model(bold, rows, name))  # noqa: B023
     model.train()
     return total
-
-
-def _has_split(stream: DatasetStream, split: str) -> bool:
-    return any(s["split"] == split and s["subject"] in stream.subjects for s in stream.manifest["shards"])
 
 
 class _Trainer:
@@ -195,7 +191,7 @@ class _Trainer:
         self.log.progress(step, record)
 
     def _validate(self, step: int) -> None:
-        streams = {n: s for n, s in self.streams.items() if _has_split(s, "val")}
+        streams = {n: s for n, s in self.streams.items() if s.count("val")}
         if not streams:
             return
         self.engine.train(False)
