@@ -2,6 +2,7 @@
 
     deepspeed launch/train.py recipes/nsd_hcp.yaml data.datasets.nsd.url=s3://bucket/shards/nsd ...
     deepspeed --num_gpus 2 launch/train.py recipes/demo.yaml train.max_steps=50
+    deepspeed --num_gpus 2 launch/train.py recipes/demo.yaml recipes/compare/ms_emb.yaml   # layered recipes
     torchrun --nproc_per_node 8 launch/train.py recipes/nsd_hcp.yaml
     python launch/train.py recipes/demo.yaml            # one process
 
@@ -19,7 +20,9 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", help="recipes/*.yaml")
-    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=100")
+    parser.add_argument(
+        "overrides", nargs="*", help="more recipes layered on the first (*.yaml), then section.key=value overrides"
+    )
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
@@ -30,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     from mused_fm.config import load_recipe
 
     try:
-        recipe = load_recipe(args.recipe, args.overrides)
+        layers = [a for a in args.overrides if "=" not in a and a.endswith((".yaml", ".yml"))]
+        overrides = [a for a in args.overrides if a not in layers]
+        recipe = load_recipe([args.recipe, *layers], overrides)
         from mused_fm.train.loop import train
 
         export = train(recipe)

@@ -300,7 +300,7 @@ def adapt(recipe: Recipe) -> Path:
                 points.append({"method": "in_pretraining", "fraction": 1.0, "n_train": n_all,
                                **_pooled(job.test_metrics(reference))})  # fmt: skip
             write_json(out / "curve.json", points)
-            from mused_fm.figures import plot_curve
+            from mused_fm.report.figures import plot_curve
 
             plot_curve(points, out / "curve.png", ", ".join(job.new_ids))
     job.log.close()

@@ -251,29 +251,34 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def load_recipe(path: str | Path | None, overrides: Iterable[str] = ()) -> Recipe:
-    """Defaults, then the YAML at `path` (None: defaults only), then `section.key=value` overrides."""
+def load_recipe(path: str | Path | Sequence[str | Path] | None, overrides: Iterable[str] = ()) -> Recipe:
+    """Defaults, then the YAML at `path` (None: defaults only), then `section.key=value` overrides.
+
+    `path` may be a list of recipes: each is merged over the ones before it, so a small recipe that
+    holds only what differs (recipes/compare/ms_emb.yaml: `model: {subject_tokens: one}`) layers on a
+    full one (`deepspeed launch/train.py recipes/demo.yaml recipes/compare/ms_emb.yaml`).
+    """
+    paths = [] if path is None else [path] if isinstance(path, str | Path) else list(path)
     delta: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe {str(path)!r} does not exist; the recipes are in recipes/*.yaml.")
+    for layer in map(Path, paths):
+        if not layer.is_file():
+            raise RecipeError(f"recipe {str(layer)!r} does not exist; the recipes are in recipes/*.yaml.")
         try:
-            delta = yaml.load(path.read_text(), Loader=_StrictLoader) or {}
+            layer_delta = yaml.load(layer.read_text(), Loader=_StrictLoader) or {}
         except RecipeError as err:
-            raise RecipeError(f"{path}: {err}") from None
-        if not isinstance(delta, dict):
-            raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(delta).__name__}.")
-        source = str(path)
-    return recipe_from_dict(delta, overrides, source=source)
+            raise RecipeError(f"{layer}: {err}") from None
+        if not isinstance(layer_delta, dict):
+            raise RecipeError(f"{layer}: a recipe is a mapping of sections, got {type(layer_delta).__name__}.")
+        _deep_update(delta, layer_delta)
+    return recipe_from_dict(delta, overrides, source=" + ".join(map(str, paths)) or "defaults")
 
 
 def recipe_from_dict(delta: Mapping[str, Any], overrides: Iterable[str] = (), source: str = "recipe") -> Recipe:
     """Build a validated Recipe from a nested delta (as in a YAML file) and dotted overrides."""
     recipe = Recipe()
     problems: list[str] = []
-    _merge(recipe, delta, "", problems, from_cli=False)
+    removed: list[str] = []
+    _merge(recipe, delta, "", problems, False, removed)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -284,8 +289,11 @@ def recipe_from_dict(delta: Mapping[str, Any], overrides: Iterable[str] = (), so
         for part in reversed(key.strip().split(".")):
             nested = {part: nested}
         override_problems: list[str] = []
-        _merge(recipe, nested, "", override_problems, from_cli=True)
+        _merge(recipe, nested, "", override_problems, True, removed)
         problems.extend(f"override {item!r}: {p}" for p in override_problems)
+    for dotted in removed:  # a dataset dropped by `null` takes its loss weights with it
+        if dotted.startswith("data.datasets.") and dotted.removeprefix("data.datasets.") not in recipe.data.datasets:
+            recipe.loss.weights.pop(dotted.removeprefix("data.datasets."), None)
     if not problems:
         problems.extend(_validate(recipe))
     if problems:
@@ -309,8 +317,11 @@ def save_recipe(recipe: Recipe, path: str | Path) -> None:
     tmp.replace(path)
 
 
-def _merge(obj: Any, delta: Any, prefix: str, problems: list[str], from_cli: bool) -> None:
-    """Merge `delta` into dataclass `obj` in place, appending one message per bad key."""
+def _merge(obj: Any, delta: Any, prefix: str, problems: list[str], from_cli: bool, removed: list[str]) -> None:
+    """Merge `delta` into dataclass `obj` in place, appending one message per bad key.
+
+    `removed` collects the dotted names of entries that a `null` deleted (data.datasets.hcp).
+    """
     if not isinstance(delta, Mapping):
         problems.append(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping of keys, got {delta!r}.")
         return
@@ -324,7 +335,7 @@ def _merge(obj: Any, delta: Any, prefix: str, problems: list[str], from_cli: boo
         tp = hints[key]
         current = getattr(obj, key)
         if dataclasses.is_dataclass(tp):
-            _merge(current, value, f"{dotted}.", problems, from_cli)
+            _merge(current, value, f"{dotted}.", problems, from_cli, removed)
         elif typing.get_origin(tp) is dict and dataclasses.is_dataclass(typing.get_args(tp)[1]):
             if not isinstance(value, Mapping):
                 problems.append(f"{dotted}: expected a mapping of names to sections, got {value!r}.")
@@ -333,9 +344,10 @@ def _merge(obj: Any, delta: Any, prefix: str, problems: list[str], from_cli: boo
             for name, sub in value.items():
                 if sub is None:  # `hcp: null` removes an entry inherited from a base recipe
                     current.pop(name, None)
+                    removed.append(f"{dotted}.{name}")
                     continue
                 entry = current.setdefault(str(name), item_type())
-                _merge(entry, sub, f"{dotted}.{name}.", problems, from_cli)
+                _merge(entry, sub, f"{dotted}.{name}.", problems, from_cli, removed)
         elif typing.get_origin(tp) is dict:  # free-form pass-through (deepspeed)
             if not isinstance(value, Mapping):
                 problems.append(f"{dotted}: expected a mapping, got {value!r}.")

@@ -93,6 +93,29 @@ def test_readout_path_equals_the_full_trunk():
     torch.testing.assert_close(trunk(x, num_readout=2), trunk(x)[:, :2])
 
 
+def test_attention_probabilities_are_what_sdpa_applies():
+    torch.manual_seed(0)
+    trunk = Trunk(dim=24, depth=2, heads=3).double().eval()
+    x = torch.randn(4, 9, 24, dtype=torch.float64)
+    probs_BHNL = trunk.readout_attention(x, num_readout=2)
+    assert probs_BHNL.shape == (4, 3, 2, 9)
+    torch.testing.assert_close(probs_BHNL.sum(-1), torch.ones(4, 3, 2, dtype=torch.float64))
+    # Independent check: probabilities @ v through the out-projection equals the block's SDPA output.
+    h = trunk.blocks[0](x)
+    last = trunk.blocks[-1]
+    v_BHLK = torch.nn.functional.linear(last.norm1(h), last.attn.qkv.weight[48:], last.attn.qkv.bias[48:])
+    v_BHLK = v_BHLK.view(4, 9, 3, 8).transpose(1, 2)
+    manual = last.attn.proj((probs_BHNL @ v_BHLK).transpose(1, 2).reshape(4, 2, 24))
+    torch.testing.assert_close(manual, last.attn(last.norm1(h), num_queries=2))
+
+
+def test_model_readout_attention_covers_readout_and_dataset_tokens(tiny_model):
+    batch = make_batch(tiny_model, "nsd", NSD_IDS)
+    attn = tiny_model.readout_attention(batch["bold"], batch["rows"], "nsd")
+    assert attn.shape == (len(NSD_IDS), 2, 2 + tiny_model.tokenizers["nsd"].num_tokens)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(len(NSD_IDS), 2))
+
+
 def test_single_subject_training_steps_without_nan():
     delta = {
         "model": TINY["model"],

@@ -39,3 +39,39 @@ def test_paper_settings():
     assert hcp.data.datasets["hcp"].input == "volume"
     w = hcp.loss.for_dataset("hcp")
     assert (w.orth, w.hlv, w.llv) == (1e-3, 1e-3, 1e-1)
+
+
+COMPARE = sorted((RECIPES[0].parent / "compare").glob("*.yaml"))
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("path", COMPARE, ids=lambda p: p.stem)
+def test_compare_recipe_changes_only_its_own_keys(path):
+    import yaml
+
+    from mused_fm.config import recipe_to_dict
+
+    demo = RECIPES[0].parent / "demo.yaml"
+    base, layered = _leaves(recipe_to_dict(load_recipe(demo))), _leaves(recipe_to_dict(load_recipe([demo, path])))
+    changed = {k for k in layered if layered[k] != base.get(k)}
+    assert changed, f"{path.name} changes nothing"
+    assert changed <= set(_leaves(yaml.safe_load(path.read_text()))), changed
+
+
+def test_layers_apply_in_order_and_null_drops_a_dataset():
+    demo, ss = RECIPES[0].parent / "demo.yaml", RECIPES[0].parent / "compare" / "ss_vit.yaml"
+    recipe = load_recipe([demo, ss], ["data.datasets.hcp=null", "data.datasets.nsd.subjects=subj03"])
+    assert set(recipe.data.datasets) == {"nsd"} and recipe.data.datasets["nsd"].subjects == ["subj03"]
+    assert recipe.train.max_steps == 300 and recipe.model.dim == load_recipe(demo).model.dim
+    assert load_recipe([ss, demo]).train.max_steps == load_recipe(demo).train.max_steps  # the later layer wins
+    with pytest.raises(ValueError, match=r"nope\.yaml"):
+        load_recipe([demo, RECIPES[0].parent / "nope.yaml"])

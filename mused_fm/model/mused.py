@@ -145,16 +145,28 @@ class MusedModel(nn.Module):
                 )
         return self.registry.rows(subject_ids, where=where)
 
-    def forward(self, bold: torch.Tensor, subject_row_B: torch.Tensor, dataset: str) -> MusedOutput:
-        """One dataset's batch: bold (B, R, F) for ROI datasets or (B, X, Y, Z) for volume datasets."""
+    def _embed(self, bold: torch.Tensor, subject_row_B: torch.Tensor, dataset: str) -> torch.Tensor:
+        """z0 = [x_llv(s); x_hlv(s); tokens] + pos: (B, 2 + M, D)."""
         if dataset not in self.tokenizers:
             raise ValueError(f"the model has no dataset {dataset!r}; it has {sorted(self.tokenizers)}.")
         tokens_BMD = self.tokenizers[dataset](bold)
         readout_B2D = self.subject_tokens(subject_row_B)
-        x = self.pos(torch.cat([readout_B2D.to(tokens_BMD.dtype), tokens_BMD], dim=1), dataset)
-        z_B2D = self.trunk(x, num_readout=2)
+        return self.pos(torch.cat([readout_B2D.to(tokens_BMD.dtype), tokens_BMD], dim=1), dataset)
+
+    def forward(self, bold: torch.Tensor, subject_row_B: torch.Tensor, dataset: str) -> MusedOutput:
+        """One dataset's batch: bold (B, R, F) for ROI datasets or (B, X, Y, Z) for volume datasets."""
+        z_B2D = self.trunk(self._embed(bold, subject_row_B, dataset), num_readout=2)
         z_llv, z_hlv = z_B2D[:, 0], z_B2D[:, 1]
         return MusedOutput(self.heads[dataset](z_llv, z_hlv), z_llv, z_hlv)
+
+    @torch.no_grad()
+    def readout_attention(self, bold: torch.Tensor, subject_row_B: torch.Tensor, dataset: str) -> torch.Tensor:
+        """(B, 2, 2 + M) last-layer attention of the low- (row 0) and high-level (row 1) token, mean over heads.
+
+        Columns are [llv, hlv, tokens of the dataset's tokenizer] (ROI order for ROI datasets; the
+        tokenizer's grid in X-major order for volumes): the paper's Fig. F8 reads the token columns.
+        """
+        return self.trunk.readout_attention(self._embed(bold, subject_row_B, dataset), 2).mean(dim=1)
 
     # ----------------------------------------------------------------------------------------
     # Unseen subjects

@@ -50,6 +50,18 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q_BHLK, k_BHLK, v_BHLK, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(out.transpose(1, 2).reshape(B, -1, D))
 
+    def probabilities(self, x_BLD: torch.Tensor, num_queries: int) -> torch.Tensor:
+        """(B, H, N, L) softmax(q k^T / sqrt(K)) of the first N tokens over all L: what SDPA applies to v.
+
+        For analysis (the report's attention maps); the forward pass never materialises it.
+        """
+        B, L, D = x_BLD.shape
+        H, K = self.heads, D // self.heads
+        w, b = self.qkv.weight, self.qkv.bias
+        q_BHNK = F.linear(x_BLD[:, :num_queries], w[:D], b[:D]).view(B, num_queries, H, K).transpose(1, 2)
+        k_BHLK = F.linear(x_BLD, w[D : 2 * D], b[D : 2 * D]).view(B, L, H, K).transpose(1, 2)
+        return torch.softmax(q_BHNK @ k_BHLK.transpose(-1, -2) / K**0.5, dim=-1)
+
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
@@ -92,3 +104,10 @@ class Trunk(nn.Module):
         for block in self.blocks[:-1]:
             x_BLD = block(x_BLD)
         return self.norm(self.blocks[-1](x_BLD, num_readout))
+
+    def readout_attention(self, x_BLD: torch.Tensor, num_readout: int) -> torch.Tensor:
+        """(B, H, N, L): how the first N tokens attend over all L tokens in the last block."""
+        for block in self.blocks[:-1]:
+            x_BLD = block(x_BLD)
+        last = self.blocks[-1]
+        return last.attn.probabilities(last.norm1(x_BLD), num_readout)

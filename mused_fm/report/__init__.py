@@ -1,0 +1,156 @@
+"""The run report: `python launch/report.py DIR` writes DIR/report/report.md and its PNG figures.
+
+DIR is a run directory or a `make demo` directory (see inputs.py for what is read). Sections appear
+when their inputs exist: training curves and per-subject test metrics always; the paper's comparison
+and the loss ablation when compare/ holds their runs (`make demo-compare`); attention, token
+similarity and the token-reliance check when the run's shards are readable (the paths in its
+config.yaml, or --shards); the new-subject curve when adapt/curve.json exists.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mused_fm.config import load_recipe
+from mused_fm.data.pipeline import DatasetStream
+from mused_fm.evaluate import check_shapes, evaluate_streams, json_safe, load_export, write_json
+from mused_fm.report import analysis, figures, markdown
+from mused_fm.report.inputs import ABLATIONS, BASELINES, ReportInputs, find_inputs, read_metrics
+
+__all__ = ["write_report"]
+
+logger = logging.getLogger(__name__)
+
+
+def _streams(inputs: ReportInputs, model, shards: dict[str, str], notes: list[str]) -> dict[str, DatasetStream]:
+    """The model's datasets' shard sets (recipe URLs, or --shards by dataset), test subjects the model knows."""
+    recipe = load_recipe(inputs.run / "config.yaml")
+    rows = {s: i for i, s in enumerate(model.registry.ids)}
+    streams = {}
+    for name in model.datasets:
+        spec = recipe.data.datasets.get(name)
+        url = shards.get(name) or (spec.url if spec else "")
+        try:
+            stream = DatasetStream(name, url, rows)
+            check_shapes(stream.info, model.datasets[name], name, url)
+        except (OSError, ValueError, KeyError) as err:
+            notes.append(
+                f"The {name} shards ({url}) could not be read, so the sections that need test samples "
+                f"skip {name}: {err}. Pass `--shards` to point at them."
+            )
+            continue
+        stream.subjects = [s for s in stream.subjects if s in rows]
+        if stream.subjects:
+            streams[name] = stream
+    return streams
+
+
+def _comparison_tables(inputs: ReportInputs, main: dict) -> tuple[dict, dict, dict]:
+    """(comparison table, paired wins, ablation table): subject-mean test mAP per method and dataset."""
+    datasets = list(main["datasets"])
+    compare, paired, ablate = {}, {d: {} for d in datasets}, {}
+    for key, label in BASELINES.items():
+        if key in inputs.variants:
+            subj = inputs.variants[key]["subjects"]
+            compare[label] = {d: markdown.subject_mean_map(subj, d, list(main["subjects"])) for d in datasets}
+            for d in datasets:
+                common = [s for s in subj if s.startswith(f"{d}/") and s in main["subjects"]]
+                wins = sum(main["subjects"][s]["mAP"] > subj[s]["mAP"] for s in common)
+                if common:
+                    paired[d][label] = (wins, len(common))
+    if compare:
+        compare["CLIP-MUSED"] = {d: markdown.subject_mean_map(main["subjects"], d) for d in datasets}
+    for key, label in ABLATIONS.items():
+        if key in inputs.variants:
+            ablate[label] = {d: markdown.subject_mean_map(inputs.variants[key]["subjects"], d) for d in datasets}
+    if ablate:
+        ablate = {
+            "CLIP-MUSED (all terms)": {d: markdown.subject_mean_map(main["subjects"], d) for d in datasets},
+            **ablate,
+        }
+    return compare, paired, ablate
+
+
+def write_report(root: str | Path, shards: dict[str, str] | None = None, attention_samples: int = 256) -> Path:
+    """Build DIR/report/report.md and its figures; returns the report's path."""
+    inputs = find_inputs(root)
+    out = inputs.root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_export(inputs.run / "export").eval()
+    run_info = (
+        json.loads((inputs.run / "run_info.json").read_text()) if (inputs.run / "run_info.json").is_file() else {}
+    )
+    notes: list[str] = []
+    streams = _streams(inputs, model, shards or {}, notes)
+    main = inputs.eval
+    if main is None and streams:
+        logger.info("no eval.json beside the run: evaluating its export on the test split")
+        main = json_safe(evaluate_streams(model, streams, "test", 256, torch.device("cpu")))
+        write_json(out / "eval.json", main)
+    datasets = list(model.datasets)
+    cfg = model.config
+    recipe = load_recipe(inputs.run / "config.yaml")
+    sections = [
+        f"# MUSED-FM report: {recipe.run.name}\n\n"
+        f"Run `{inputs.run}`: a {cfg.depth}-layer, {cfg.dim}-wide trunk with subject tokens `{cfg.subject_tokens}`, "
+        f"{len(model.registry)} subjects ({', '.join(model.registry.ids)}), trained on "
+        f"{run_info.get('world_size', '?')} rank(s) with ZeRO stage {run_info.get('zero_stage', '?')}. Report written "
+        f"{datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}."
+    ]
+    train, val = read_metrics(inputs.run)
+    figures.plot_training(train, val, datasets, out / "training.png")
+    sections.append(markdown.training(train, val, datasets))
+    if main is not None:
+        chance = {name: analysis.chance_map(s) for name, s in streams.items()}
+        figures.plot_subject_metrics(main["subjects"], out / "subjects.png")
+        sections.append(markdown.subjects(main, chance))
+        compare, paired, ablate = _comparison_tables(inputs, main)
+        if compare:
+            figures.plot_comparison(compare, out / "comparison.png", "The paper's comparison on this cohort")
+            sections.append(markdown.comparison(compare, paired))
+        if ablate:
+            figures.plot_comparison(ablate, out / "ablation.png", "Loss ablation")
+            sections.append(markdown.ablation(ablate))
+    if streams:
+        reliance = analysis.token_reliance(model, streams)
+        if reliance is not None:
+            sections.append(markdown.reliance(reliance))
+        maps = {}
+        for name, stream in streams.items():
+            by_subject = analysis.readout_attention_by_subject(model, stream, max_per_subject=attention_samples)
+            ids = list(by_subject)
+            maps[name] = {
+                "subjects": ids,
+                "names": analysis.token_names(model, stream),
+                **{k: np.stack([by_subject[s]["tokens"][i] for s in ids]) for i, k in enumerate(("llv", "hlv"))},
+            }
+        figures.plot_attention(maps, out / "attention.png")
+        sections.append(markdown.attention(maps))
+    adapted = load_export(inputs.adapt / "export") if inputs.adapt and (inputs.adapt / "export").is_dir() else model
+    sim = analysis.token_similarity(adapted)
+    if sim is not None:
+        figures.plot_token_similarity(sim, out / "tokens.png")
+        sections.append(markdown.token_similarity(sim, [s for s in sim["ids"] if s not in model.registry.ids]))
+    if inputs.curve:
+        added = [s for s in adapted.registry.ids if s not in model.registry.ids]
+        figures.plot_curve(inputs.curve, out / "curve.png", ", ".join(added) or "new subjects")
+        sections.append(markdown.new_subject(inputs.curve, ", ".join(added) or "the new subjects"))
+    if inputs.missing_variants:
+        notes.append(
+            "Runs under compare/ without eval.json (unfinished or not evaluated): "
+            + ", ".join(inputs.missing_variants)
+            + "."
+        )
+    if notes:
+        sections.append("\n".join(["## Notes", "", *(f"- {n}" for n in notes)]))
+    path = out / "report.md"
+    tmp = path.with_name(".report.md.tmp")
+    tmp.write_text("\n\n".join(sections) + "\n")
+    tmp.replace(path)
+    return path

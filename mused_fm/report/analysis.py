@@ -1,0 +1,123 @@
+"""What the report computes from a trained model: attention of the readout tokens, token similarity.
+
+Shape legend: B batch, M tokens of a dataset's tokenizer, N subjects, D width.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from mused_fm.data.pipeline import DatasetStream, eval_batches
+from mused_fm.model import MusedModel
+
+__all__ = ["chance_map", "readout_attention_by_subject", "token_names", "token_reliance", "token_similarity"]
+
+
+def token_names(model: MusedModel, stream: DatasetStream) -> list[str]:
+    """One name per token of the dataset's tokenizer: ROI names, or grid cells (x, y, z) of a volume."""
+    if stream.info["kind"] == "roi":
+        return [roi["name"] for roi in stream.info["rois"]]
+    grid = model.tokenizers[stream.name].grid
+    return [f"({x},{y},{z})" for x, y, z in itertools.product(*map(range, grid))]  # X-major, as the tokenizer
+
+
+@torch.no_grad()
+def readout_attention_by_subject(
+    model: MusedModel, stream: DatasetStream, split: str = "test", max_per_subject: int = 256, batch_size: int = 128
+) -> dict[str, dict]:
+    """Per subject: mean last-layer attention of the llv and hlv tokens over the dataset's tokens.
+
+    Returns {subject: {"tokens": (2, M) attention renormalised over the M dataset tokens (row 0 llv,
+    row 1 hlv), "readout_share": (2,) share of the attention that went to the two readout tokens
+    themselves, "n": samples}}. At most `max_per_subject` samples of the split per subject.
+    """
+    model = model.eval()
+    sums: dict[str, np.ndarray] = defaultdict(lambda: np.zeros((2, 2 + model.tokenizers[stream.name].num_tokens)))
+    counts: dict[str, int] = defaultdict(int)
+    for batch in eval_batches(stream, split, batch_size):
+        subjects = np.asarray(batch["subject"])
+        keep = np.zeros(len(subjects), dtype=bool)
+        for sid in dict.fromkeys(subjects.tolist()):
+            rows = np.flatnonzero(subjects == sid)[: max(0, max_per_subject - counts[sid])]
+            keep[rows] = True
+            counts[sid] += len(rows)
+        if not keep.any():
+            continue
+        index = torch.from_numpy(np.flatnonzero(keep))
+        attn_B2L = model.readout_attention(batch["bold"][index].float(), batch["subject_row"][index], stream.name)
+        for sid, a in zip(subjects[keep].tolist(), attn_B2L.double().numpy(), strict=True):
+            sums[sid] += a
+        if all(counts[s] >= max_per_subject for s in stream.subjects):
+            break
+    out = {}
+    for sid in stream.subjects:
+        if not counts[sid]:
+            continue
+        mean = sums[sid] / counts[sid]  # (2, 2 + M)
+        tokens = mean[:, 2:]
+        out[sid] = {
+            "tokens": tokens / tokens.sum(1, keepdims=True),
+            "readout_share": mean[:, :2].sum(1),
+            "n": counts[sid],
+        }
+    return out
+
+
+@torch.no_grad()
+def token_similarity(model: MusedModel) -> dict | None:
+    """Cosine similarity of the subjects' tokens: {"ids", "llv" (N, N), "hlv" (N, N)} (mode two).
+
+    Mode one has one embedding per subject (given as both llv and hlv); mode none has no subject
+    tokens (None).
+    """
+    table = model.subject_tokens.full_table()
+    if table is None:
+        return None
+    unit = torch.nn.functional.normalize(table.detach().double(), dim=-1)  # (N, S, D)
+    sims = torch.einsum("isd,jsd->sij", unit, unit).numpy()  # (S, N, N)
+    return {"ids": list(model.registry.ids), "llv": sims[0], "hlv": sims[-1]}
+
+
+def chance_map(stream: DatasetStream, split: str = "test", batch_size: int = 256) -> float:
+    """mAP of a random ranking: the mean prevalence of the classes that have positives in the split."""
+    positives, n = 0, 0
+    for batch in eval_batches(stream, split, batch_size):
+        positives = positives + batch["labels"].double().sum(0)
+        n += len(batch["labels"])
+    prevalence = (positives / max(n, 1)).numpy()
+    return float(prevalence[prevalence > 0].mean()) if n else float("nan")
+
+
+@torch.no_grad()
+def token_reliance(model: MusedModel, streams: dict[str, DatasetStream], split: str = "test") -> dict | None:
+    """Does the model use its subject tokens? Test metrics with each subject's own token, with the mean
+    token of its dataset for every subject, and with another subject's token (rows rotated by one).
+
+    Returns {"own", "mean", "swapped"}, each an evaluate_streams dict, or None without per-subject tokens.
+    """
+    from mused_fm.evaluate import evaluate_streams, json_safe
+
+    if model.subject_tokens.full_table() is None:
+        return None
+    model = model.eval()
+    device = torch.device("cpu")
+    perm = torch.arange(len(model.registry))
+    averaged = copy.deepcopy(model)
+    table = averaged.subject_tokens.table  # from_pretrained holds every row in `table`
+    for stream in streams.values():
+        rows = torch.tensor([model.registry.rows([s]).item() for s in stream.subjects])
+        perm[rows] = rows.roll(1)
+        table.data[rows] = table.data[rows].mean(0, keepdim=True)
+    out = {}
+    for name, forward in (
+        ("own", model),
+        ("mean", averaged),
+        ("swapped", lambda bold, rows, ds: model(bold, perm[rows], ds)),
+    ):
+        out[name] = json_safe(evaluate_streams(forward, streams, split, 256, device))
+    return out

@@ -1,0 +1,154 @@
+"""Figures of the report and of the new-subject sweep (matplotlib, Agg backend: no display on clusters).
+
+Each function writes one PNG atomically (temp file, then rename).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+__all__ = [
+    "plot_attention",
+    "plot_comparison",
+    "plot_curve",
+    "plot_subject_metrics",
+    "plot_token_similarity",
+    "plot_training",
+]
+
+STYLE = {
+    "tokens": ("token-only (new rows only)", "tab:blue", "o"),
+    "scratch": ("single-subject from scratch", "tab:gray", "s"),
+    "full": ("full fine-tuning", "tab:orange", "^"),
+}
+DATASET_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown")
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_curve(points: list[dict], path: Path, subjects: str) -> None:
+    """Test mAP against the number of the new subjects' training samples, one line per method."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for method, (label, color, marker) in STYLE.items():
+        pts = sorted((p for p in points if p["method"] == method), key=lambda p: p["n_train"])
+        if pts:
+            ax.plot([p["n_train"] for p in pts], [p["mAP"] for p in pts], marker=marker, color=color, label=label)
+    for p in points:
+        if p["method"] == "in_pretraining":
+            ax.axhline(p["mAP"], color="tab:green", linestyle="--", label="in pretraining (reference)")
+            ax.axhline(0.9 * p["mAP"], color="tab:green", linestyle=":", linewidth=1, label="90% of reference")
+    ax.set_xscale("log")
+    ax.set_xlabel("training samples of the new subject(s)")
+    ax.set_ylabel("test mAP")
+    ax.set_title(f"New-subject data efficiency: {subjects}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_training(train: Sequence[dict], val: Sequence[dict], datasets: Sequence[str], path: Path) -> None:
+    """Left: training loss (total and each dataset's BCE) by step; right: validation mAP per dataset."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
+    steps = [r["step"] for r in train]
+    left.plot(steps, [r["loss"] for r in train], color="black", label="total loss")
+    for name, color in zip(datasets, DATASET_COLORS, strict=False):
+        if train and f"{name}/bce" in train[0]:
+            left.plot(steps, [r[f"{name}/bce"] for r in train], color=color, label=f"{name} BCE")
+    left.set_yscale("log")
+    left.set(xlabel="step", ylabel="training loss (log)", title="Training")
+    for name, color in zip(datasets, DATASET_COLORS, strict=False):
+        pts = [(r["step"], r["datasets"][name]["mAP"]) for r in val if name in r.get("datasets", {})]
+        if pts:
+            right.plot(*zip(*pts, strict=True), marker="o", color=color, label=f"{name} val mAP")
+    right.set(xlabel="step", ylabel="validation mAP (pooled)", title="Validation")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_subject_metrics(subjects: Mapping[str, Mapping[str, float]], path: Path) -> None:
+    """Bars of test mAP, AUC and Hamming per subject, coloured by dataset."""
+    ids = list(subjects)
+    datasets = list(dict.fromkeys(s.split("/", 1)[0] for s in ids))
+    colors = [DATASET_COLORS[datasets.index(s.split("/", 1)[0]) % len(DATASET_COLORS)] for s in ids]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=120)
+    for ax, key in zip(axes, ("mAP", "AUC", "hamming"), strict=True):
+        values = [np.nan if subjects[s].get(key) is None else subjects[s][key] for s in ids]
+        ax.bar(range(len(ids)), values, color=colors)
+        ax.set_xticks(range(len(ids)), ids, rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"test {key}" + (" (lower is better)" if key == "hamming" else ""), fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def plot_comparison(table: Mapping[str, Mapping[str, float]], path: Path, title: str) -> None:
+    """Grouped bars: per dataset, the subject-mean test mAP of each method (table[method][dataset])."""
+    methods = list(table)
+    datasets = list(dict.fromkeys(d for row in table.values() for d in row))
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(datasets) * max(len(methods), 1) / 3, 3.8), dpi=120)
+    for i, method in enumerate(methods):
+        values = [table[method].get(d, np.nan) for d in datasets]
+        bars = ax.bar(np.arange(len(datasets)) + (i - (len(methods) - 1) / 2) * width, values, width, label=method)
+        ax.bar_label(bars, fmt="%.3f", fontsize=6, rotation=90, padding=2)
+    ax.set_xticks(range(len(datasets)), datasets)
+    ax.set_ylabel("test mAP (mean over subjects)")
+    ax.set_title(title, fontsize=10)
+    ax.margins(y=0.15)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+
+
+def plot_attention(maps: Mapping[str, dict], path: Path) -> None:
+    """Per dataset, two heatmaps (llv, hlv): subjects x tokens, last-layer attention renormalised over tokens.
+
+    maps[dataset] = {"subjects": [...], "names": [...], "llv": (S, M), "hlv": (S, M)}.
+    """
+    rows = list(maps)
+    fig, axes = plt.subplots(
+        len(rows),
+        2,
+        figsize=(11, 0.9 + 0.45 * max(len(m["subjects"]) for m in maps.values()) * len(rows) + 0.6 * len(rows)),
+        dpi=120,
+        squeeze=False,
+    )
+    for r, name in enumerate(rows):
+        m = maps[name]
+        for c, key in enumerate(("llv", "hlv")):
+            ax = axes[r, c]
+            image = ax.imshow(m[key], aspect="auto", cmap="viridis")
+            ax.set_yticks(range(len(m["subjects"])), m["subjects"], fontsize=7)
+            step = max(1, len(m["names"]) // 16)
+            ax.set_xticks(range(0, len(m["names"]), step), m["names"][::step], rotation=60, ha="right", fontsize=7)
+            ax.set_title(f"{name}: {key} token's attention over tokens (last layer)", fontsize=9)
+            fig.colorbar(image, ax=ax, fraction=0.04)
+    _save(fig, path)
+
+
+def plot_token_similarity(sim: dict, path: Path) -> None:
+    """Cosine similarity of subjects' low-level and high-level tokens (the paper's Fig. F7)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), dpi=120)
+    ids = sim["ids"]
+    for ax, key in zip(axes, ("llv", "hlv"), strict=True):
+        image = ax.imshow(sim[key], vmin=-1, vmax=1, cmap="RdBu_r")
+        ax.set_xticks(range(len(ids)), ids, rotation=70, ha="right", fontsize=7)
+        ax.set_yticks(range(len(ids)), ids, fontsize=7)
+        ax.set_title(f"cosine similarity of {key} tokens", fontsize=10)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    _save(fig, path)

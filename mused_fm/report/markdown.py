@@ -1,0 +1,268 @@
+"""The report's text: one function per section, each a figure reference, a table and sentences with the numbers.
+
+Functions take plain data (dicts, arrays) computed elsewhere and return Markdown; nothing here reads
+files or runs the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "ablation",
+    "attention",
+    "comparison",
+    "new_subject",
+    "reliance",
+    "subject_mean_map",
+    "subjects",
+    "token_similarity",
+    "training",
+]
+
+EARLY_ROIS = ("V1", "V2", "V3")  # the paper's low-level areas; the simulated cohort tunes them to low-level features
+PAPER_ORDER = ("CLIP-MUSED", "MS-EMB", "MS-SMODEL")
+
+
+def _f(x, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c if isinstance(c, str) else _f(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def subject_mean_map(subject_metrics: Mapping[str, Mapping], dataset: str, only: Sequence[str] | None = None) -> float:
+    """Mean test mAP over a dataset's subjects (the paper's per-subject mean), optionally over `only`."""
+    values = [
+        m["mAP"]
+        for s, m in subject_metrics.items()
+        if s.split("/", 1)[0] == dataset and (only is None or s in only) and m.get("mAP") is not None
+    ]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def training(train: Sequence[dict], val: Sequence[dict], datasets: Sequence[str]) -> str:
+    text = ["## Training and validation", "", "![training and validation curves](training.png)", ""]
+    if not train:
+        return "\n".join([*text, "The run logged no training steps."])
+    first, last = train[0], train[-1]
+    sentence = (
+        f"Training loss went from {_f(first['loss'])} at step {first['step']} to {_f(last['loss'])} at step "
+        f"{last['step']}."
+    )
+    parts = []
+    for name in datasets:
+        pts = [(r["step"], r["datasets"][name]["mAP"]) for r in val if name in r.get("datasets", {})]
+        if pts:
+            best = max(pts, key=lambda p: p[1])
+            parts.append(
+                f"{name} from {_f(pts[0][1])} (step {pts[0][0]}) to {_f(pts[-1][1])} (step {pts[-1][0]}), "
+                f"best {_f(best[1])} at step {best[0]}"
+            )
+    if parts:
+        sentence += " Validation mAP (pooled over the dataset's samples) went " + "; ".join(parts) + "."
+    return "\n".join([*text, sentence])
+
+
+def subjects(metrics: dict, chance: Mapping[str, float]) -> str:
+    rows = []
+    for name, d in metrics["datasets"].items():
+        rows.append([f"**{name}** (pooled)", str(d["n"]), d["mAP"], d["AUC"], d["hamming"]])
+        rows.append([f"**{name}** (mean of subjects)", "", *(d["subject_mean"][k] for k in ("mAP", "AUC", "hamming"))])
+    rows += [[sid, str(m["n"]), m["mAP"], m["AUC"], m["hamming"]] for sid, m in metrics["subjects"].items()]
+    sentences = []
+    for name, d in metrics["datasets"].items():
+        own = [m["mAP"] for s, m in metrics["subjects"].items() if s.split("/", 1)[0] == name and m["mAP"] is not None]
+        sentences.append(
+            f"{name}: test mAP {_f(d['mAP'])} pooled over {d['n']} samples, {_f(d['subject_mean']['mAP'])} averaged "
+            f"over {len(own)} subjects (range {_f(min(own))}-{_f(max(own))}); AUC {_f(d['AUC'])}, Hamming "
+            f"{_f(d['hamming'], 4)}"
+            + (f"; a random ranking would score mAP {_f(chance[name])}." if name in chance else ".")
+        )
+    return "\n".join(
+        [
+            "## Test metrics per subject",
+            "",
+            "![per-subject test metrics](subjects.png)",
+            "",
+            " ".join(sentences),
+            "",
+            _table(["subject", "n", "mAP", "AUC", "Hamming"], rows),
+        ]
+    )
+
+
+def comparison(table: Mapping[str, Mapping[str, float]], paired: Mapping[str, Mapping[str, tuple[int, int]]]) -> str:
+    """table[method][dataset] = subject-mean mAP; paired[dataset][baseline] = (subjects CLIP-MUSED wins, n)."""
+    datasets = list(dict.fromkeys(d for row in table.values() for d in row))
+    rows = [[m, *(table[m].get(d, float("nan")) for d in datasets)] for m in table]
+    sentences = []
+    for d in datasets:
+        have = [m for m in PAPER_ORDER if not math.isnan(table.get(m, {}).get(d, float("nan")))]
+        if len(have) < len(PAPER_ORDER):
+            sentences.append(f"{d}: the comparison lacks {sorted(set(PAPER_ORDER) - set(have))}.")
+            continue
+        values = [table[m][d] for m in PAPER_ORDER]
+        holds = values[0] > values[1] > values[2]
+        wins = "; ".join(
+            f"CLIP-MUSED is ahead of {b} on {w} of {n} subjects" for b, (w, n) in paired.get(d, {}).items()
+        )
+        sentences.append(
+            f"{d}: CLIP-MUSED {_f(values[0])}, MS-EMB {_f(values[1])}, MS-SMODEL {_f(values[2])}: the paper's ordering "
+            f"{'holds' if holds else 'does not hold'}" + (f" ({wins})." if wins else ".")
+        )
+    return "\n".join(
+        [
+            "## The paper's comparison",
+            "",
+            "![comparison](comparison.png)",
+            "",
+            "Test mAP averaged over each dataset's subjects (SS-ViT: one model per subject), one seed each. "
+            + " ".join(sentences),
+            "",
+            _table(["method", *datasets], rows),
+        ]
+    )
+
+
+def ablation(table: Mapping[str, Mapping[str, float]]) -> str:
+    datasets = list(dict.fromkeys(d for row in table.values() for d in row))
+    full = table.get("CLIP-MUSED (all terms)", {})
+    rows = [[m, *(table[m].get(d, float("nan")) for d in datasets)] for m in table]
+    sentences = []
+    for m, row in table.items():
+        if m == "CLIP-MUSED (all terms)":
+            continue
+        deltas = ", ".join(f"{d} {row[d] - full[d]:+.3f}" for d in datasets if d in row and d in full)
+        sentences.append(f"{m}: {deltas}")
+    return "\n".join(
+        [
+            "## Loss ablation",
+            "",
+            "![loss ablation](ablation.png)",
+            "",
+            "Test mAP averaged over subjects, change against the full loss: " + "; ".join(sentences) + ".",
+            "",
+            _table(["loss", *datasets], rows),
+        ]
+    )
+
+
+def reliance(result: Mapping[str, dict]) -> str:
+    datasets = list(result["own"]["datasets"])
+    rows = [
+        [name, *(result[name]["datasets"][d]["subject_mean"]["mAP"] for d in datasets)]
+        for name in ("own", "mean", "swapped")
+    ]
+    parts = []
+    for d in datasets:
+        own, mean, swapped = (result[k]["datasets"][d]["subject_mean"]["mAP"] for k in ("own", "mean", "swapped"))
+        parts.append(
+            f"{d}: own {_f(own)}, mean token {_f(mean)} ({mean - own:+.3f}), another subject's token "
+            f"{_f(swapped)} ({swapped - own:+.3f})"
+        )
+    return "\n".join(
+        [
+            "## Does the model use its subject tokens?",
+            "",
+            "Test mAP (mean over subjects) when each subject is decoded with its own tokens, with the mean of its "
+            "dataset's tokens, and with another subject's tokens (rows rotated by one). " + "; ".join(parts) + ". "
+            "The smaller these drops, the more the trunk decodes from the fMRI tokens alone, and the less any "
+            "subject-token variant (MS-EMB, CLIP-MUSED, a new subject's fitted tokens) can differ from none.",
+            "",
+            _table(["tokens", *datasets], rows),
+        ]
+    )
+
+
+def attention(maps: Mapping[str, dict]) -> str:
+    sentences = []
+    for name, m in maps.items():
+        names = list(m["names"])
+        early = [i for i, n in enumerate(names) if n in EARLY_ROIS]
+        if early:
+            llv, hlv = (float(m[k][:, early].sum(1).mean()) for k in ("llv", "hlv"))
+            more = int((m["llv"][:, early].sum(1) > m["hlv"][:, early].sum(1)).sum())
+            sentences.append(
+                f"{name}: the low-level token puts {llv:.0%} of its ROI attention on {'/'.join(EARLY_ROIS)} and the "
+                f"high-level token {hlv:.0%} (uniform: {len(early) / len(names):.0%}); the low-level token leans "
+                f"more to early areas in {more} of {len(m['subjects'])} subjects. The paper reads this figure as "
+                "llv attending to early and hlv to higher visual areas."
+            )
+        else:
+            top = [names[i] for i in m["hlv"].mean(0).argsort()[::-1][:2]]
+            sentences.append(
+                f"{name}: the tokens are grid cells of the volume tokenizer; the high-level token "
+                f"attends most to cells {', '.join(top)} on average (uniform {1 / len(names):.0%} each)."
+            )
+    return "\n".join(
+        [
+            "## Attention of the subject tokens over ROIs (last layer; the paper's Fig. F8)",
+            "",
+            "![attention](attention.png)",
+            "",
+            "Mean over test samples and heads, renormalised over the dataset's tokens. " + " ".join(sentences),
+        ]
+    )
+
+
+def token_similarity(sim: dict, added: Sequence[str] = ()) -> str:
+    """`added`: subjects fitted afterwards by token-only adaptation (named, they are in the matrices)."""
+    ids = sim["ids"]
+    datasets = list(dict.fromkeys(s.split("/", 1)[0] for s in ids))
+    parts = []
+    for d in datasets:
+        idx = [i for i, s in enumerate(ids) if s.split("/", 1)[0] == d]
+        if len(idx) < 2:
+            continue
+        off = ~np.eye(len(idx), dtype=bool)
+        llv, hlv = (float(sim[k][np.ix_(idx, idx)][off].mean()) for k in ("llv", "hlv"))
+        parts.append(f"{d} ({len(idx)} subjects): low-level {llv:.2f}, high-level {hlv:.2f}")
+    text = "Mean cosine similarity between different subjects' tokens, " + "; ".join(parts) + "." if parts else ""
+    if added:
+        text += f" The matrices include {', '.join(added)}, added after pretraining by token-only adaptation."
+    return "\n".join(
+        [
+            "## Similarity of subject tokens across subjects (the paper's Fig. F7)",
+            "",
+            "![token similarity](tokens.png)",
+            "",
+            text,
+        ]
+    )
+
+
+def new_subject(points: Sequence[dict], subjects_label: str) -> str:
+    ref = next((p for p in points if p["method"] == "in_pretraining"), None)
+    rows = [[p["method"], _f(p["fraction"], 2), str(p["n_train"]), p["mAP"], p["AUC"], p["hamming"]] for p in points]
+    text = []
+    tokens = sorted((p for p in points if p["method"] == "tokens"), key=lambda p: abs(p["fraction"] - 0.1))
+    if tokens and ref:
+        t = tokens[0]
+        share = t["mAP"] / ref["mAP"]
+        text.append(
+            f"With {t['fraction']:.0%} of {subjects_label}'s training data ({t['n_train']} samples), token-only "
+            f"adaptation reaches test mAP {_f(t['mAP'])}, {share:.0%} of the {_f(ref['mAP'])} the subject gets "
+            f"when it is part of pretraining (target: at least 90%: {'met' if share >= 0.9 else 'not met'})."
+        )
+    for method in ("full", "scratch"):
+        best = [p for p in points if p["method"] == method and p["fraction"] == 1.0]
+        if best:
+            text.append(f"{method.capitalize()} at 100%: {_f(best[0]['mAP'])}.")
+    return "\n".join(
+        [
+            "## New subject: data efficiency",
+            "",
+            "![new-subject curve](curve.png)",
+            "",
+            " ".join(text),
+            "",
+            _table(["method", "fraction", "n_train", "mAP", "AUC", "Hamming"], rows),
+        ]
+    )
