@@ -15,7 +15,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= disabled
 
-.PHONY: install test test-fast lint bench demo clean
+.PHONY: install test test-fast lint bench demo demo-compare clean
 
 install: $(STAMP)
 
@@ -42,33 +42,88 @@ bench: install
 	$(PY) -m mused_fm.bench model --rounds 9 --json docs/bench_model.json
 	$(PY) -m mused_fm.bench loader --json docs/bench_loader.json
 	$(PY) -m mused_fm.bench pack --json docs/bench_pack.json
+	$(PY) -m mused_fm.bench doc --doc docs/BENCHMARKS.md --json-dir docs
 
-# The mission on the simulated cohort, on 2 CPU ranks (or 2 GPUs where present). DEMO_DIR=path to move it.
-DEMO_DIR ?= demo_out
-DEMO_NSD := subj01,subj02,subj03,subj04,subj05,subj06
-DEMO_HCP := 100610,102311,102816
+# The mission on the simulated cohort, on 2 CPU ranks (or 2 GPUs where present). DEMO_DIR=path to move it;
+# S3=1 streams the training shards from a local S3 server (moto on 127.0.0.1). The DEMO_* variables
+# shrink it (the end-to-end test runs it on the `test` preset in a minute or two).
+DEMO_DIR       ?= demo_out
+DEMO_PRESET    ?= demo
+DEMO_NSD       ?= subj01,subj02,subj03,subj04,subj05,subj06
+DEMO_TRAIN_NSD ?= subj01,subj02,subj03,subj04,subj05
+DEMO_HCP       ?= 100610,102311,102816
+DEMO_NEW       ?= nsd/subj06
+DEMO_FRACTIONS ?= 0.01,0.05,0.1,0.25,1.0
+DEMO_ROI_DIM   ?= 16
+DEMO_ARGS      ?=
+DEMO_ADAPT_ARGS ?=
+DEMO_RANKS     ?= 2
+DEMO_PORT      ?= 29500
+DS             := $(VENV)/bin/deepspeed --num_gpus $(DEMO_RANKS) --master_port $(DEMO_PORT)
+LOCAL_URLS     := data.datasets.nsd.url=$(DEMO_DIR)/shards/nsd data.datasets.hcp.url=$(DEMO_DIR)/shards/hcp
+ifeq ($(S3),1)
+S3_PREFIX      := s3://mused-demo/shards
+TRAIN_VIA      := $(PY) -m shards_tools local-s3 --upload $(DEMO_DIR)/shards=$(S3_PREFIX) --
+TRAIN_URLS     := data.datasets.nsd.url=$(S3_PREFIX)/nsd data.datasets.hcp.url=$(S3_PREFIX)/hcp
+else
+TRAIN_VIA      :=
+TRAIN_URLS     := $(LOCAL_URLS)
+endif
+TRAIN          := launch/train.py recipes/demo.yaml data.datasets.nsd.subjects=$(DEMO_TRAIN_NSD) $(DEMO_ARGS)
+
 demo: install
-	@echo "== 1/6 simulated cohort in the real NSD/HCP layouts -> $(DEMO_DIR)/raw"
-	$(PY) -m shards_tools synth --out $(DEMO_DIR)/raw --preset demo
-	@echo "== 2/6 shards (subj06 is packed but held out of training: step 6 adds it)"
-	$(PY) -m shards_tools pack-nsd --root $(DEMO_DIR)/raw/nsd --subjects $(DEMO_NSD) --roi-dim 16 \
+	@echo "== 1/7 simulated cohort in the real NSD/HCP layouts -> $(DEMO_DIR)/raw"
+	$(PY) -m shards_tools synth --out $(DEMO_DIR)/raw --preset $(DEMO_PRESET)
+	@echo "== 2/7 shards ($(DEMO_NEW) is packed but held out of training: step 6 adds it)"
+	$(PY) -m shards_tools pack-nsd --root $(DEMO_DIR)/raw/nsd --subjects $(DEMO_NSD) --roi-dim $(DEMO_ROI_DIM) \
 		--clip-model $(DEMO_DIR)/raw/clip --out $(DEMO_DIR)/shards/nsd
 	$(PY) -m shards_tools pack-hcp --root $(DEMO_DIR)/raw/hcp --subjects $(DEMO_HCP) \
 		--clip-model $(DEMO_DIR)/raw/clip --out $(DEMO_DIR)/shards/hcp
-	@echo "== 3/6 DeepSpeed ZeRO-2 training on 2 ranks -> $(DEMO_DIR)/run"
-	$(VENV)/bin/deepspeed --num_gpus 2 launch/train.py recipes/demo.yaml run.out_dir=$(DEMO_DIR)/run \
-		data.datasets.nsd.url=$(DEMO_DIR)/shards/nsd data.datasets.hcp.url=$(DEMO_DIR)/shards/hcp
-	@echo "== 4/6 evaluation on the test split -> $(DEMO_DIR)/eval.json"
+	@echo "== 3/7 DeepSpeed ZeRO-2 training on $(DEMO_RANKS) ranks$(if $(TRAIN_VIA), streaming from a local S3 server,) -> $(DEMO_DIR)/run"
+	$(TRAIN_VIA) $(DS) $(TRAIN) run.out_dir=$(DEMO_DIR)/run $(TRAIN_URLS)
+	@echo "== 4/7 evaluation on the test split -> $(DEMO_DIR)/eval.json"
 	$(PY) launch/evaluate.py --checkpoint $(DEMO_DIR)/run/export --shards $(DEMO_DIR)/shards/nsd \
 		--shards $(DEMO_DIR)/shards/hcp --split test --json $(DEMO_DIR)/eval.json
-	@echo "== 5/6 comparison run with subj06 in pretraining (the reference of the new-subject curve)"
-	$(VENV)/bin/deepspeed --num_gpus 2 launch/train.py recipes/demo.yaml run.out_dir=$(DEMO_DIR)/run_with_subj06 \
-		data.datasets.nsd.url=$(DEMO_DIR)/shards/nsd data.datasets.hcp.url=$(DEMO_DIR)/shards/hcp \
-		data.datasets.nsd.subjects=$(DEMO_NSD)
-	@echo "== 6/6 subj06 added by token-only fine-tuning, data-efficiency sweep -> $(DEMO_DIR)/adapt"
+	@echo "== 5/7 comparison run with $(DEMO_NEW) in pretraining (the reference of the new-subject curve)"
+	$(DS) $(TRAIN) run.out_dir=$(DEMO_DIR)/run_with_new $(LOCAL_URLS) data.datasets.nsd.subjects=$(DEMO_NSD)
+	@echo "== 6/7 $(DEMO_NEW) added by token-only fine-tuning, data-efficiency sweep -> $(DEMO_DIR)/adapt"
 	$(PY) launch/adapt_subject.py --checkpoint $(DEMO_DIR)/run/export --shards $(DEMO_DIR)/shards/nsd \
-		--subjects nsd/subj06 --fractions 0.01,0.05,0.1,0.25,1.0 --reference $(DEMO_DIR)/run_with_subj06/export \
-		--out $(DEMO_DIR)/adapt
+		--subjects $(DEMO_NEW) --fractions $(DEMO_FRACTIONS) --reference $(DEMO_DIR)/run_with_new/export \
+		--out $(DEMO_DIR)/adapt $(DEMO_ADAPT_ARGS)
+	@echo "== 7/7 report -> $(DEMO_DIR)/report/report.md"
+	$(PY) launch/report.py $(DEMO_DIR) --shards $(DEMO_DIR)/shards/nsd --shards $(DEMO_DIR)/shards/hcp
+
+# The paper's comparison (SS-ViT, MS-SMODEL, MS-EMB) and the loss ablation on the demo cohort, after
+# `make demo`: layered recipes (recipes/compare/*.yaml) -> $(DEMO_DIR)/compare/<variant>/, each evaluated
+# on the test split; then the report again, which now includes them.
+COMPARE_RUNS ?= ms_smodel ms_emb no_llv no_hlv no_orth bce_only
+SS_NSD       ?= $(subst $(comma), ,$(DEMO_TRAIN_NSD))
+SS_HCP       ?= $(subst $(comma), ,$(DEMO_HCP))
+comma := ,
+EVAL = $(PY) launch/evaluate.py --checkpoint $(1)/export --shards $(DEMO_DIR)/shards/nsd \
+	--shards $(DEMO_DIR)/shards/hcp --split test --json $(1)/eval.json
+demo-compare: install
+	@test -f $(DEMO_DIR)/run/export/model.safetensors || { echo "run make demo first (no $(DEMO_DIR)/run/export)"; exit 2; }
+	@set -e; for v in $(COMPARE_RUNS); do \
+		echo "== compare: $$v (recipes/compare/$$v.yaml) -> $(DEMO_DIR)/compare/$$v"; \
+		$(DS) $(TRAIN) recipes/compare/$$v.yaml run.out_dir=$(DEMO_DIR)/compare/$$v $(LOCAL_URLS); \
+		$(call EVAL,$(DEMO_DIR)/compare/$$v); \
+	done
+	@set -e; for s in $(SS_NSD); do \
+		echo "== compare: SS-ViT nsd/$$s -> $(DEMO_DIR)/compare/ss_vit/nsd_$$s"; \
+		$(DS) $(TRAIN) recipes/compare/ss_vit.yaml run.out_dir=$(DEMO_DIR)/compare/ss_vit/nsd_$$s $(LOCAL_URLS) \
+			data.datasets.hcp=null data.datasets.nsd.subjects=$$s; \
+		$(PY) launch/evaluate.py --checkpoint $(DEMO_DIR)/compare/ss_vit/nsd_$$s/export --shards $(DEMO_DIR)/shards/nsd \
+			--split test --json $(DEMO_DIR)/compare/ss_vit/nsd_$$s/eval.json; \
+	done
+	@set -e; for s in $(SS_HCP); do \
+		echo "== compare: SS-ViT hcp/$$s -> $(DEMO_DIR)/compare/ss_vit/hcp_$$s"; \
+		$(DS) $(TRAIN) recipes/compare/ss_vit.yaml run.out_dir=$(DEMO_DIR)/compare/ss_vit/hcp_$$s $(LOCAL_URLS) \
+			data.datasets.nsd=null data.datasets.hcp.subjects=$$s; \
+		$(PY) launch/evaluate.py --checkpoint $(DEMO_DIR)/compare/ss_vit/hcp_$$s/export --shards $(DEMO_DIR)/shards/hcp \
+			--split test --json $(DEMO_DIR)/compare/ss_vit/hcp_$$s/eval.json; \
+	done
+	$(PY) launch/report.py $(DEMO_DIR) --shards $(DEMO_DIR)/shards/nsd --shards $(DEMO_DIR)/shards/hcp
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -394,8 +394,9 @@ def _coerce(value: Any, tp: Any, from_cli: bool) -> Any:
         raise ValueError(" / ".join(errors))
     if origin is list:
         if not isinstance(value, list | tuple):
-            if from_cli and isinstance(value, str):  # subjects=subj01,subj02 on the command line
-                value = [v for v in value.split(",") if v]
+            if from_cli and isinstance(value, str | int | float) and not isinstance(value, bool):
+                # subjects=subj01,subj02, volume_shape=24,28,24 or subjects=233326 on the command line
+                value = [yaml.safe_load(v) for v in str(value).split(",") if v.strip()]
             else:
                 raise ValueError(f"expected a list, got {value!r}.")
         return [_coerce(v, args[0], from_cli) for v in value]

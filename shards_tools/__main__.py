@@ -8,6 +8,7 @@ Verbs (each a module with add_arguments(parser) and run(args) -> exit code):
     clip-features  compute and cache CLIP features of a stimulus list into OUT/clip/
     verify   check every shard against the manifest and the schema; exit 1 naming every bad shard
     inspect  per-subject and per-split counts, classes and bytes per sample
+    local-s3 run a command against a throw-away S3 server on 127.0.0.1 with folders uploaded to it
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ VERBS = {
     "clip-features": "shards_tools.clip_cli",
     "verify": "shards_tools.verify",
     "inspect": "shards_tools.inspect_shards",
+    "local-s3": "shards_tools.local_s3",
 }
 
 

@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     info = DatasetInfo(dataset=args.site, kind="roi" if roi_mode else "volume", classes=classes, clip=store.spec,
                        llv_dim=args.llv_dim, hlv_dim=featurizer.hlv_dim, roi_dim=args.roi_dim if roi_mode else 0,
                        rois=[{"name": g, "labels": lab} for g, lab, _ in groups],
+                       volume_shape=[] if roi_mode else _common_grid(runs),
                        extra={"delay_s": args.delay_s, "test_fraction": args.test_fraction,
                               "val_fraction": args.val_fraction, "seed": args.seed})  # fmt: skip
     writer = DatasetWriter(args.out, info, maxcount=args.maxcount, tool="shards_tools pack-bids")
@@ -146,6 +147,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.out}: {sum(s['count'] for s in manifest['shards'])} samples of {len(manifest['subjects'])} "
           f"{args.site} subjects, {len(classes)} classes")  # fmt: skip
     return 0
+
+
+def _common_grid(runs: dict) -> list[int]:
+    """The (X, Y, Z) grid every subject's runs share (read from the headers): one volume shape per shard set."""
+    import nibabel as nib
+
+    grids: dict[tuple[int, ...], list[str]] = {}
+    for subject, subject_runs in runs.items():
+        for r in subject_runs:
+            grids.setdefault(tuple(int(n) for n in nib.load(r.path).shape[:3]), []).append(f"{subject} {r.unit}")
+    if len(grids) != 1:
+        listed = "; ".join(f"{'x'.join(map(str, g))}: {', '.join(w[:3])}{' ...' if len(w) > 3 else ''}"
+                           for g, w in grids.items())  # fmt: skip
+        raise ValueError(f"the runs are on different grids ({listed}); volume mode needs one grid for all "
+                         "subjects: use runs resampled to a common space (e.g. fMRIPrep's MNI152 outputs), or "
+                         "ROI mode (--atlas) on each subject's own grid.")  # fmt: skip
+    return list(next(iter(grids)))
 
 
 def _groups(args) -> list[tuple[str, list[str], list[int]]]:

@@ -110,3 +110,10 @@ def test_saved_recipe_reloads_identically(tmp_path):
     recipe = recipe_from_dict(BASE, ["model.depth=3", "loss.weights.nsd.llv=0.5", "train.betas=[0.8,0.95]"])
     save_recipe(recipe, tmp_path / "out" / "config.yaml")
     assert load_recipe(tmp_path / "out" / "config.yaml") == recipe
+
+
+def test_command_line_lists_of_numbers_and_numeric_ids(tmp_path):
+    path = write(tmp_path, "data: {datasets: {hcp: {input: volume}}}\n")
+    recipe = load_recipe(path, ["data.datasets.hcp.volume_shape=24,28,26", "data.datasets.hcp.subjects=233326"])
+    assert recipe.data.datasets["hcp"].volume_shape == [24, 28, 26]  # the form the trainer's errors suggest
+    assert recipe.data.datasets["hcp"].subjects == ["233326"]  # an HCP id alone is a list of one string

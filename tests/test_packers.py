@@ -186,6 +186,7 @@ def test_bids_volume_and_roi_samples(raw, tmp_path):
     assert json.loads((ordered / "manifest.json").read_text())["info"]["classes"] == list(reversed(names))
     # ROI mode: a three-label atlas on the bold grid, with its colour table.
     bold = nib.load(next((raw / "bids/sub-01/func").glob("*_bold.nii.gz")))
+    assert manifest["info"]["volume_shape"] == list(bold.shape[:3])  # volume mode: the grid the trainer unmasks into
     atlas = np.zeros(bold.shape[:3], dtype=np.int16)
     atlas[: bold.shape[0] // 3], atlas[bold.shape[0] // 3 : 2 * bold.shape[0] // 3] = 1, 2
     atlas[2 * bold.shape[0] // 3 :] = 3

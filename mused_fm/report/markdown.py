@@ -246,10 +246,13 @@ def new_subject(points: Sequence[dict], subjects_label: str) -> str:
     if tokens and ref:
         t = tokens[0]
         share = t["mAP"] / ref["mAP"]
+        target = (
+            f" (target at 10%: at least 90%, {'met' if share >= 0.9 else 'not met'})" if t["fraction"] == 0.1 else ""
+        )
         text.append(
             f"With {t['fraction']:.0%} of {subjects_label}'s training data ({t['n_train']} samples), token-only "
             f"adaptation reaches test mAP {_f(t['mAP'])}, {share:.0%} of the {_f(ref['mAP'])} the subject gets "
-            f"when it is part of pretraining (target: at least 90%: {'met' if share >= 0.9 else 'not met'})."
+            f"when it is part of pretraining{target}."
         )
     for method in ("full", "scratch"):
         best = [p for p in points if p["method"] == method and p["fraction"] == 1.0]
