@@ -1,1 +1,1 @@
-"""Benchmarks that print figures and write JSON: `python -m mused_fm.bench {model} --json OUT.json`."""
+"""Benchmarks that print figures and write JSON, and the doc they fill: `python -m mused_fm.bench --help`."""

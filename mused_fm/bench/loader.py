@@ -23,11 +23,16 @@ import time
 import numpy as np
 import torch
 
+from mused_fm.bench.targets import Target
 from mused_fm.data.pipeline import DatasetStream, train_loader
 from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
 from mused_fm.data.writer import DatasetInfo, DatasetWriter
 
 SUBJECTS = [f"nsd/subj0{i}" for i in range(1, 9)]
+TARGETS = (
+    Target("samples_per_s", ">=", 10_000, "local shards, samples/s on one core"),
+    Target("s3_ratio_to_local", ">=", 0.5, "S3 samples/s over local"),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 from mused_fm.bench.common import count_flops, device_info, matmul_peak_flops, time_interleaved
+from mused_fm.bench.targets import Target
 from mused_fm.config import recipe_from_dict
 from mused_fm.losses import clip_mused_loss
 from mused_fm.model import build_model
@@ -29,6 +30,10 @@ from mused_fm.model import build_model
 logger = logging.getLogger(__name__)
 
 NSD_SUBJECTS = [f"subj0{i}" for i in range(1, 9)]
+TARGETS = (
+    Target("fraction_of_peak", ">=", 0.7, "flagship NSD fwd+bwd, share of the measured matmul peak"),
+    Target("ratio", ">=", 1.25, "flagship samples/s over the same-shape BertModel's"),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

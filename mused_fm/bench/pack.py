@@ -17,7 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mused_fm.bench.targets import Target
+
 NSD_SUBJECTS = ("subj01", "subj02", "subj03", "subj04", "subj05")
+TARGETS = (Target("nsd.bytes_per_sample", "<=", 32_000, "bytes of an NSD sample at the paper's shape: 32 KB"),)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
