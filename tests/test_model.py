@@ -71,6 +71,18 @@ def test_subject_token_modes_are_the_papers_baselines(tiny_recipe):
     assert shapes["none"] == {"shared": (1, 2, 24)}  # MS-SMODEL
 
 
+@pytest.mark.parametrize("mode", ["two", "one", "none"])
+def test_every_mode_can_be_flop_counted_under_no_grad(tiny_recipe, mode):
+    """The trainer counts FLOPs under no_grad before step 0 (train/loop.py); mode none once crashed there."""
+    from mused_fm.bench.common import count_flops
+
+    tiny_recipe.model.subject_tokens = mode
+    model = build_model(tiny_recipe).eval()
+    batch = make_batch(model, "nsd", ["nsd/subj01"] * 2)
+    with torch.no_grad():
+        assert count_flops(lambda: model(batch["bold"], batch["rows"], "nsd")) > 0
+
+
 def test_without_subject_tokens_the_subject_does_not_matter(tiny_recipe):
     tiny_recipe.model.subject_tokens = "none"
     model = build_model(tiny_recipe).eval()

@@ -72,10 +72,11 @@ class SubjectTokens(nn.Module):
         if self.mode == "two":
             return self.full_table()[subject_row_B]
         batch = subject_row_B.shape[0]
-        shared = self.shared.expand(batch, -1, -1)
         if self.mode == "one":
-            return shared + self.full_table()[subject_row_B]  # (B, 1, D) broadcast over both tokens
-        return shared
+            return self.shared + self.full_table()[subject_row_B]  # (B, 1, D) broadcast over both tokens
+        # A copy, not an expand() view: a view of a leaf made under no_grad requires grad but has no
+        # grad_fn, which FlopCounterMode's module hooks (the trainer's FLOP count) reject.
+        return self.shared.repeat(batch, 1, 1)
 
     # ----------------------------------------------------------------------------------------
     # Adding subjects

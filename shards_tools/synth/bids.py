@@ -69,13 +69,14 @@ def write_bids(root: Path, p: BidsPreset, seed: int) -> tuple[dict, list[str]]:
 
     num_vols = LEAD_TRS + p.num_images * p.trs_between_onsets + int(np.ceil(DELAY_S / tr)) + 2
     affine = np.diag([VOXEL_MM, VOXEL_MM, VOXEL_MM, 1.0])
+    template = B.cohort_template(len(cats.names), lowlevel.shape[1], rng_for(seed, "bids", "template"))
     for sub in subjects:
         srng = rng_for(seed, "bids", sub)
         brain = B.make_brain(p.grid, srng)
         m = brain.mask
         post = -brain.u[1][m]  # (V,) 1 at the occipital pole
         ll_gain, cat_gain = np.clip(1.6 * post - 0.6, 0, 1), np.clip(1 - np.abs(post - 0.45) / 0.35, 0, 1)
-        w_cat, w_ll = B.subject_maps(brain, len(cats.names), lowlevel.shape[1], srng)
+        w_cat, w_ll = B.subject_maps(brain, len(cats.names), lowlevel.shape[1], srng, template=template)
         order = srng.permutation(p.num_images)
         onset_trs = LEAD_TRS + p.trs_between_onsets * np.arange(p.num_images)
         pct = srng.normal(0, NOISE_PCT, (num_vols, int(m.sum()))).astype(np.float32)  # (T, V)

@@ -5,9 +5,13 @@ Response model (the planted ground truth shared by NSD, HCP and BIDS):
     response_NV = cat_gain_V * (labels_NK @ W_cat_KV) / sqrt(mean labels)
                 + ll_gain_V  * (lowlevel_NF @ W_ll_FV) / sqrt(F)
 
-`W_cat` and `W_ll` are smooth random fields drawn from the subject's own seed, so every subject has
-its own functional topography (not just its own noise), while the gains put low-level tuning early in
-the visual hierarchy and category tuning late. Noise is added by the dataset writers. Axes are RAS
+`W_cat` and `W_ll` mix a cohort template with the subject's own field: the template is a smooth random
+function of normalised brain coordinates (`Brain.u`, so anatomically corresponding voxels of brains of
+different size and position get the same value), read at a small subject-specific displacement; the
+individual part is a smooth random field from the subject's own seed. So every subject has its own
+functional topography (not just its own noise) that still shares a common layout with the cohort, as
+real brains do after anatomical alignment, while the gains put low-level tuning early in the visual
+hierarchy and category tuning late. Noise is added by the dataset writers. Axes are RAS
 voxel axes: X left-right, Y posterior-anterior, Z inferior-superior.
 """
 
@@ -20,6 +24,8 @@ __all__ = [
     "KASTNER_NAMES",
     "ROI_GROUPS",
     "Brain",
+    "Template",
+    "cohort_template",
     "kastner_atlas",
     "make_brain",
     "neural_response",
@@ -46,6 +52,12 @@ ROI_GROUPS = {
     "IPS": (tuple(f"IPS{i}" for i in range(6)), (0.2, 0.8)),
 }
 OTHER_GAINS = (0.1, 0.4)  # SPL1, FEF
+# Cohort template of the maps (see subject_maps): smoothness in units of the brain's radii (~1.5 voxels
+# of the simulated grids), per-subject displacement (std, same units) and the share of variance that
+# is the subject's own.
+TEMPLATE_LENGTH = 0.15
+TEMPLATE_SHIFT = 0.04
+INDIVIDUAL_SHARE = 0.3
 # Seed direction of each label on the cortical shell: (|x| lateral, y anterior, z superior), unit-less.
 ANCHORS = {
     "V1v": (0.15, -0.95, -0.1), "V1d": (0.15, -0.95, 0.1), "V2v": (0.25, -0.88, -0.28), "V2d": (0.25, -0.88, 0.28),
@@ -114,13 +126,62 @@ def roi_gains(atlas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ll, cat
 
 
-def subject_maps(brain: Brain, num_classes: int, num_lowlevel: int, rng: np.random.Generator, sigma: float = 1.5):
-    """Smooth random maps of the subject, unit variance over the brain: (W_cat (K, V), W_ll (F, V))."""
+class Template:
+    """Cohort-level smooth random maps as functions of normalised brain coordinates.
+
+    Each map is a sum of random Fourier features, f(u) = sqrt(2/R) sum_r cos(w_r . u + phi_r), with
+    w_r ~ N(0, I / (2 length^2)): the spectrum of white noise smoothed by a Gaussian of width `length`
+    (in units of the brain's radii), so it can be read at any point, whatever the subject's grid.
+    """
+
+    def __init__(self, num_maps: int, rng: np.random.Generator, length: float = TEMPLATE_LENGTH, rank: int = 256):
+        self.omega = rng.normal(0, 1 / (np.sqrt(2) * length), (num_maps, rank, 3)).astype(np.float32)
+        self.phase = rng.uniform(0, 2 * np.pi, (num_maps, rank)).astype(np.float32)
+
+    @property
+    def num_maps(self) -> int:
+        return self.omega.shape[0]
+
+    def __call__(self, u_3V: np.ndarray) -> np.ndarray:
+        """(num_maps, V) template values at normalised coordinates u (3, V)."""
+        arg = np.einsum("mrd,dv->mrv", self.omega, u_3V.astype(np.float32)) + self.phase[:, :, None]
+        return np.sqrt(2 / self.omega.shape[1]) * np.cos(arg).sum(axis=1)
+
+
+def cohort_template(num_classes: int, num_lowlevel: int, rng: np.random.Generator) -> Template:
+    """The cohort's template for (K category + F low-level) maps, drawn from a dataset-level stream."""
+    return Template(num_classes + num_lowlevel, rng)
+
+
+def subject_maps(
+    brain: Brain,
+    num_classes: int,
+    num_lowlevel: int,
+    rng: np.random.Generator,
+    sigma: float = 1.5,
+    template: Template | None = None,
+    individual: float = INDIVIDUAL_SHARE,
+):
+    """Smooth maps of the subject, unit variance over the brain: (W_cat (K, V), W_ll (F, V)).
+
+    Without a template, fully individual smooth random fields (sigma in voxels). With one,
+    W = sqrt(1 - individual) * template(u + shift) + sqrt(individual) * own field, where `shift` is a
+    small displacement of the subject's functional layout relative to its anatomy.
+    """
     fields = rng.standard_normal((num_classes + num_lowlevel, *brain.shape)).astype(np.float32)
     fields = gaussian_filter(fields, sigma=(0, sigma, sigma, sigma), mode="nearest")
-    w = fields[:, brain.mask]  # (K + F, V)
-    w = (w - w.mean(axis=1, keepdims=True)) / w.std(axis=1, keepdims=True)
+    w = _standardize(fields[:, brain.mask])  # (K + F, V)
+    if template is not None:
+        if template.num_maps != len(w):
+            raise ValueError(f"template has {template.num_maps} maps, the subject needs {len(w)}")
+        shift = rng.normal(0, TEMPLATE_SHIFT, 3).astype(np.float32)
+        shared = _standardize(template(brain.u[:, brain.mask] + shift[:, None]))
+        w = _standardize(np.sqrt(1 - individual) * shared + np.sqrt(individual) * w)
     return w[:num_classes], w[num_classes:]
+
+
+def _standardize(w: np.ndarray) -> np.ndarray:
+    return ((w - w.mean(axis=1, keepdims=True)) / w.std(axis=1, keepdims=True)).astype(np.float32)
 
 
 def neural_response(

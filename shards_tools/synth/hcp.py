@@ -72,7 +72,9 @@ def _subject_volumes(
     post = -brain.u[1][m]  # (V,) 1 at the occipital pole, -1 at the frontal pole
     ll_gain = np.clip(1.6 * post - 0.6, 0, 1)  # early visual cortex
     cat_gain = np.clip(1 - np.abs(post - 0.45) / 0.35, 0, 1) * (brain.u[2][m] < 0.4)  # ventral/lateral, further on
-    w_cat, w_ll = B.subject_maps(brain, labels[0].shape[1], lowlevel[0].shape[1], rng)
+    num_k, num_f = labels[0].shape[1], lowlevel[0].shape[1]
+    template = B.cohort_template(num_k, num_f, rng_for(seed, "hcp", "template"))
+    w_cat, w_ll = B.subject_maps(brain, num_k, num_f, rng, template=template)
     baseline = (9000 + 1500 * B.subject_maps(brain, 1, 0, rng, sigma=3.0)[0][0]).astype(np.float32)  # (V,)
     stim = B.neural_response(np.concatenate(labels), np.concatenate(lowlevel), w_cat, w_ll, cat_gain, ll_gain)
     bounds = np.cumsum([len(x) for x in labels])[:-1]

@@ -73,7 +73,9 @@ def write_subject(
     weak = general & (atlas == 0)
     ll_gain[weak], cat_gain[weak] = 0.1, 0.2  # nsdgeneral voxels outside the 25 labels: weakly driven
     m = brain.mask
-    w_cat, w_ll = B.subject_maps(brain, labels_NK.shape[1], lowlevel_NF.shape[1], rng)
+    num_k, num_f = labels_NK.shape[1], lowlevel_NF.shape[1]
+    template = B.cohort_template(num_k, num_f, rng_for(seed, "nsd", "template"))
+    w_cat, w_ll = B.subject_maps(brain, num_k, num_f, rng, template=template)
 
     resp = B.neural_response(labels_NK[trial_ids], lowlevel_NF[trial_ids], w_cat, w_ll, cat_gain[m], ll_gain[m])
     visual = (ll_gain[m] + cat_gain[m]) / 2  # (V,) mean evoked response of visual voxels
