@@ -51,8 +51,12 @@ DEMO_DIR       ?= demo_out
 DEMO_PRESET    ?= demo
 DEMO_NSD       ?= subj01,subj02,subj03,subj04,subj05,subj06
 DEMO_TRAIN_NSD ?= subj01,subj02,subj03,subj04,subj05
-DEMO_HCP       ?= 100610,102311,102816
-DEMO_NEW       ?= nsd/subj06
+DEMO_HCP       ?= 100610,102311,102816,104416
+DEMO_TRAIN_HCP ?= 100610,102311,102816
+# Held out of training, then added by token-only fine-tuning: DEMO_NEW -> adapt/ (HCP: volumes in a space
+# shared by all subjects), DEMO_NEW_NSD -> adapt_nsd/ (NSD: per-subject PCA axes; empty to skip).
+DEMO_NEW       ?= hcp/104416
+DEMO_NEW_NSD   ?= nsd/subj06
 DEMO_FRACTIONS ?= 0.01,0.05,0.1,0.25,1.0
 DEMO_ROI_DIM   ?= 16
 DEMO_ARGS      ?=
@@ -69,12 +73,14 @@ else
 TRAIN_VIA      :=
 TRAIN_URLS     := $(LOCAL_URLS)
 endif
-TRAIN          := launch/train.py recipes/demo.yaml data.datasets.nsd.subjects=$(DEMO_TRAIN_NSD) $(DEMO_ARGS)
+TRAIN          := launch/train.py recipes/demo.yaml data.datasets.nsd.subjects=$(DEMO_TRAIN_NSD) \
+				  data.datasets.hcp.subjects=$(DEMO_TRAIN_HCP) $(DEMO_ARGS)
+dataset_of      = $(firstword $(subst /, ,$(1)))
 
 demo: install
 	@echo "== 1/7 simulated cohort in the real NSD/HCP layouts -> $(DEMO_DIR)/raw"
 	$(PY) -m shards_tools synth --out $(DEMO_DIR)/raw --preset $(DEMO_PRESET)
-	@echo "== 2/7 shards ($(DEMO_NEW) is packed but held out of training: step 6 adds it)"
+	@echo "== 2/7 shards ($(DEMO_NEW) $(DEMO_NEW_NSD) packed but held out of training: step 6 adds them)"
 	$(PY) -m shards_tools pack-nsd --root $(DEMO_DIR)/raw/nsd --subjects $(DEMO_NSD) --roi-dim $(DEMO_ROI_DIM) \
 		--clip-model $(DEMO_DIR)/raw/clip --out $(DEMO_DIR)/shards/nsd
 	$(PY) -m shards_tools pack-hcp --root $(DEMO_DIR)/raw/hcp --subjects $(DEMO_HCP) \
@@ -84,12 +90,17 @@ demo: install
 	@echo "== 4/7 evaluation on the test split -> $(DEMO_DIR)/eval.json"
 	$(PY) launch/evaluate.py --checkpoint $(DEMO_DIR)/run/export --shards $(DEMO_DIR)/shards/nsd \
 		--shards $(DEMO_DIR)/shards/hcp --split test --json $(DEMO_DIR)/eval.json
-	@echo "== 5/7 comparison run with $(DEMO_NEW) in pretraining (the reference of the new-subject curve)"
-	$(DS) $(TRAIN) run.out_dir=$(DEMO_DIR)/run_with_new $(LOCAL_URLS) data.datasets.nsd.subjects=$(DEMO_NSD)
+	@echo "== 5/7 comparison run with $(DEMO_NEW) $(DEMO_NEW_NSD) in pretraining (the reference of the new-subject curves)"
+	$(DS) $(TRAIN) run.out_dir=$(DEMO_DIR)/run_with_new $(LOCAL_URLS) data.datasets.nsd.subjects=$(DEMO_NSD) \
+		data.datasets.hcp.subjects=$(DEMO_HCP)
 	@echo "== 6/7 $(DEMO_NEW) added by token-only fine-tuning, data-efficiency sweep -> $(DEMO_DIR)/adapt"
-	$(PY) launch/adapt_subject.py --checkpoint $(DEMO_DIR)/run/export --shards $(DEMO_DIR)/shards/nsd \
+	$(PY) launch/adapt_subject.py --checkpoint $(DEMO_DIR)/run/export --shards $(DEMO_DIR)/shards/$(call dataset_of,$(DEMO_NEW)) \
 		--subjects $(DEMO_NEW) --fractions $(DEMO_FRACTIONS) --reference $(DEMO_DIR)/run_with_new/export \
 		--out $(DEMO_DIR)/adapt $(DEMO_ADAPT_ARGS)
+	$(if $(DEMO_NEW_NSD),@echo "== 6/7 $(DEMO_NEW_NSD) likewise -> $(DEMO_DIR)/adapt_nsd")
+	$(if $(DEMO_NEW_NSD),$(PY) launch/adapt_subject.py --checkpoint $(DEMO_DIR)/run/export --shards $(DEMO_DIR)/shards/nsd \
+		--subjects $(DEMO_NEW_NSD) --fractions $(DEMO_FRACTIONS) --reference $(DEMO_DIR)/run_with_new/export \
+		--out $(DEMO_DIR)/adapt_nsd $(DEMO_ADAPT_ARGS))
 	@echo "== 7/7 report -> $(DEMO_DIR)/report/report.md"
 	$(PY) launch/report.py $(DEMO_DIR) --shards $(DEMO_DIR)/shards/nsd --shards $(DEMO_DIR)/shards/hcp
 
@@ -98,7 +109,7 @@ demo: install
 # on the test split; then the report again, which now includes them.
 COMPARE_RUNS ?= ms_smodel ms_emb no_llv no_hlv no_orth bce_only
 SS_NSD       ?= $(subst $(comma), ,$(DEMO_TRAIN_NSD))
-SS_HCP       ?= $(subst $(comma), ,$(DEMO_HCP))
+SS_HCP       ?= $(subst $(comma), ,$(DEMO_TRAIN_HCP))
 comma := ,
 EVAL = $(PY) launch/evaluate.py --checkpoint $(1)/export --shards $(DEMO_DIR)/shards/nsd \
 	--shards $(DEMO_DIR)/shards/hcp --split test --json $(1)/eval.json

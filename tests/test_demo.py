@@ -19,7 +19,10 @@ SMALL = {
     "DEMO_PRESET": "test",
     "DEMO_NSD": "subj01,subj02,subj03,subj04,subj05",
     "DEMO_TRAIN_NSD": "subj01,subj02,subj03,subj04",
-    "DEMO_NEW": "nsd/subj05",
+    "DEMO_HCP": "100610,102311,102816",
+    "DEMO_TRAIN_HCP": "100610,102311",
+    "DEMO_NEW": "hcp/102816",
+    "DEMO_NEW_NSD": "nsd/subj05",
     "DEMO_FRACTIONS": "0.25,1.0",
     "DEMO_ARGS": "train.max_steps=30 train.eval_every=15 train.save_every=30 train.log_every=5 train.warmup_steps=5",
     "DEMO_ADAPT_ARGS": "train.max_steps=20 train.eval_every=10",
@@ -58,15 +61,17 @@ def test_make_demo_leaves_what_design_says(tmp_path):
     assert {f"nsd/subj0{i}" for i in range(1, 5)} <= set(evaluation["subjects"])
     assert all(0 <= d["mAP"] <= 1 and d["n"] > 0 for d in evaluation["datasets"].values())
 
-    adapt = demo / "adapt"
-    assert "nsd/subj05" in json.loads((adapt / "export" / "registry.json").read_text())["subjects"]
-    curve = json.loads((adapt / "curve.json").read_text())
-    assert {p["method"] for p in curve} == {"tokens", "scratch", "full", "in_pretraining"}
-    assert {p["fraction"] for p in curve if p["method"] == "tokens"} == {0.25, 1.0}
+    for where, new in (("adapt", "hcp/102816"), ("adapt_nsd", "nsd/subj05")):
+        assert new in json.loads((demo / where / "export" / "registry.json").read_text())["subjects"]
+        curve = json.loads((demo / where / "curve.json").read_text())
+        assert {p["method"] for p in curve} == {"tokens", "scratch", "full", "in_pretraining"}
+        assert {p["fraction"] for p in curve if p["method"] == "tokens"} == {0.25, 1.0}
 
     report = (demo / "report" / "report.md").read_text()
     headings = ("Training and validation", "Test metrics per subject", "Does the model use its subject tokens",
-                "Attention of the subject tokens over ROIs", "Similarity of subject tokens", "New subject")  # fmt: skip
+                "Attention of the subject tokens over ROIs", "Similarity of subject tokens",
+                "New subject: data efficiency (hcp/102816, adapt/)",
+                "New subject: data efficiency (nsd/subj05, adapt_nsd/)")  # fmt: skip
     for heading in headings:
         assert f"## {heading}" in report
     for png in re.findall(r"\]\((\w+\.png)\)", report):

@@ -132,15 +132,16 @@ def write_report(root: str | Path, shards: dict[str, str] | None = None, attenti
             }
         figures.plot_attention(maps, out / "attention.png")
         sections.append(markdown.attention(maps))
-    adapted = load_export(inputs.adapt / "export") if inputs.adapt and (inputs.adapt / "export").is_dir() else model
-    sim = analysis.token_similarity(adapted)
+    adapted = {path: load_export(path / "export") for path in inputs.adapts if (path / "export").is_dir()}
+    sim = analysis.token_similarity(model, list(adapted.values()))
     if sim is not None:
         figures.plot_token_similarity(sim, out / "tokens.png")
         sections.append(markdown.token_similarity(sim, [s for s in sim["ids"] if s not in model.registry.ids]))
-    if inputs.curve:
-        added = [s for s in adapted.registry.ids if s not in model.registry.ids]
-        figures.plot_curve(inputs.curve, out / "curve.png", ", ".join(added) or "new subjects")
-        sections.append(markdown.new_subject(inputs.curve, ", ".join(added) or "the new subjects"))
+    for path, points in inputs.adapts.items():
+        added = [s for s in adapted[path].registry.ids if s not in model.registry.ids] if path in adapted else []
+        label = ", ".join(added) or path.name
+        figures.plot_curve(points, out / f"curve_{path.name}.png", label)
+        sections.append(markdown.new_subject(points, label, f"curve_{path.name}.png", path.name))
     if inputs.missing_variants:
         notes.append(
             "Runs under compare/ without eval.json (unfinished or not evaluated): "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -69,18 +70,25 @@ def readout_attention_by_subject(
 
 
 @torch.no_grad()
-def token_similarity(model: MusedModel) -> dict | None:
+def token_similarity(model: MusedModel, adapted: Sequence[MusedModel] = ()) -> dict | None:
     """Cosine similarity of the subjects' tokens: {"ids", "llv" (N, N), "hlv" (N, N)} (mode two).
 
-    Mode one has one embedding per subject (given as both llv and hlv); mode none has no subject
-    tokens (None).
+    `adapted`: models with subjects added to `model` (launch/adapt_subject.py exports); their added
+    rows join the matrices. Mode one has one embedding per subject (given as both llv and hlv); mode
+    none has no subject tokens (None).
     """
     table = model.subject_tokens.full_table()
     if table is None:
         return None
-    unit = torch.nn.functional.normalize(table.detach().double(), dim=-1)  # (N, S, D)
+    ids, rows = list(model.registry.ids), [table.detach()]
+    for other in adapted:
+        added = [s for s in other.registry.ids if s not in ids]
+        if added:
+            rows.append(other.subject_tokens.full_table().detach()[other.registry.rows(added)])
+            ids += added
+    unit = torch.nn.functional.normalize(torch.cat(rows).double(), dim=-1)  # (N, S, D)
     sims = torch.einsum("isd,jsd->sij", unit, unit).numpy()  # (S, N, N)
-    return {"ids": list(model.registry.ids), "llv": sims[0], "hlv": sims[-1]}
+    return {"ids": ids, "llv": sims[0], "hlv": sims[-1]}
 
 
 def chance_map(stream: DatasetStream, split: str = "test", batch_size: int = 256) -> float:

@@ -30,8 +30,8 @@ class ReportInputs:
     root: Path
     run: Path
     eval: dict | None
-    curve: list[dict] | None
-    adapt: Path | None
+    adapts: dict[Path, list[dict]]
+    """New-subject sweep directory -> its curve.json points."""
     variants: dict[str, dict] = field(default_factory=dict)
     """Variant directory name -> {"subjects": {id: metrics}}, merged over per-subject runs (SS-ViT)."""
     missing_variants: list[str] = field(default_factory=list)
@@ -88,6 +88,6 @@ def find_inputs(root: str | Path) -> ReportInputs:
     if not (run / "export").is_dir():
         raise FileNotFoundError(f"{run}/export does not exist: the run has not finished (rerun its training command).")
     eval_json = _json(root / "eval.json") or _json(run / "eval.json")
-    adapt = root / "adapt" if (root / "adapt").is_dir() else None
+    adapts = {p.parent: json.loads(p.read_text()) for p in sorted(root.glob("adapt*/curve.json"))}
     variants, missing = _variants(root / "compare")
-    return ReportInputs(root, run, eval_json, _json(adapt / "curve.json") if adapt else None, adapt, variants, missing)
+    return ReportInputs(root, run, eval_json, adapts, variants, missing)

@@ -25,6 +25,7 @@ __all__ = [
 
 EARLY_ROIS = ("V1", "V2", "V3")  # the paper's low-level areas; the simulated cohort tunes them to low-level features
 PAPER_ORDER = ("CLIP-MUSED", "MS-EMB", "MS-SMODEL")
+STYLE_NAMES = {"full": "Full fine-tuning", "scratch": "A single-subject model from scratch"}
 
 
 def _f(x, digits: int = 3) -> str:
@@ -238,7 +239,7 @@ def token_similarity(sim: dict, added: Sequence[str] = ()) -> str:
     )
 
 
-def new_subject(points: Sequence[dict], subjects_label: str) -> str:
+def new_subject(points: Sequence[dict], subjects_label: str, png: str = "curve.png", where: str = "adapt") -> str:
     ref = next((p for p in points if p["method"] == "in_pretraining"), None)
     rows = [[p["method"], _f(p["fraction"], 2), str(p["n_train"]), p["mAP"], p["AUC"], p["hamming"]] for p in points]
     text = []
@@ -257,12 +258,12 @@ def new_subject(points: Sequence[dict], subjects_label: str) -> str:
     for method in ("full", "scratch"):
         best = [p for p in points if p["method"] == method and p["fraction"] == 1.0]
         if best:
-            text.append(f"{method.capitalize()} at 100%: {_f(best[0]['mAP'])}.")
+            text.append(f"{STYLE_NAMES[method]} at 100%: {_f(best[0]['mAP'])}.")
     return "\n".join(
         [
-            "## New subject: data efficiency",
+            f"## New subject: data efficiency ({subjects_label}, {where}/)",
             "",
-            "![new-subject curve](curve.png)",
+            f"![new-subject curve]({png})",
             "",
             " ".join(text),
             "",
