@@ -58,6 +58,10 @@ DEMO_TRAIN_HCP ?= 100610,102311,102816
 DEMO_NEW       ?= hcp/104416
 DEMO_NEW_NSD   ?= nsd/subj06
 DEMO_FRACTIONS ?= 0.01,0.05,0.1,0.25,1.0
+# The HCP sweep trains 3D CNNs from scratch and in full at each point: three points and shorter runs keep
+# make demo under 10 minutes on 2 cores (the NSD sweep runs all five).
+DEMO_NEW_FRACTIONS ?= 0.01,0.1,1.0
+DEMO_NEW_ARGS  ?= train.max_steps=160
 DEMO_ROI_DIM   ?= 16
 DEMO_ARGS      ?=
 DEMO_ADAPT_ARGS ?=
@@ -95,8 +99,8 @@ demo: install
 		data.datasets.hcp.subjects=$(DEMO_HCP)
 	@echo "== 6/7 $(DEMO_NEW) added by token-only fine-tuning, data-efficiency sweep -> $(DEMO_DIR)/adapt"
 	$(PY) launch/adapt_subject.py --checkpoint $(DEMO_DIR)/run/export --shards $(DEMO_DIR)/shards/$(call dataset_of,$(DEMO_NEW)) \
-		--subjects $(DEMO_NEW) --fractions $(DEMO_FRACTIONS) --reference $(DEMO_DIR)/run_with_new/export \
-		--out $(DEMO_DIR)/adapt $(DEMO_ADAPT_ARGS)
+		--subjects $(DEMO_NEW) --fractions $(DEMO_NEW_FRACTIONS) --reference $(DEMO_DIR)/run_with_new/export \
+		--out $(DEMO_DIR)/adapt $(DEMO_NEW_ARGS) $(DEMO_ADAPT_ARGS)
 	$(if $(DEMO_NEW_NSD),@echo "== 6/7 $(DEMO_NEW_NSD) likewise -> $(DEMO_DIR)/adapt_nsd")
 	$(if $(DEMO_NEW_NSD),$(PY) launch/adapt_subject.py --checkpoint $(DEMO_DIR)/run/export --shards $(DEMO_DIR)/shards/nsd \
 		--subjects $(DEMO_NEW_NSD) --fractions $(DEMO_FRACTIONS) --reference $(DEMO_DIR)/run_with_new/export \

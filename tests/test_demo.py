@@ -24,6 +24,7 @@ SMALL = {
     "DEMO_NEW": "hcp/102816",
     "DEMO_NEW_NSD": "nsd/subj05",
     "DEMO_FRACTIONS": "0.25,1.0",
+    "DEMO_NEW_FRACTIONS": "0.25,1.0",
     "DEMO_ARGS": "train.max_steps=30 train.eval_every=15 train.save_every=30 train.log_every=5 train.warmup_steps=5",
     "DEMO_ADAPT_ARGS": "train.max_steps=20 train.eval_every=10",
 }
