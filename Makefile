@@ -117,6 +117,16 @@ SS_HCP       ?= $(subst $(comma), ,$(DEMO_TRAIN_HCP))
 comma := ,
 EVAL = $(PY) launch/evaluate.py --checkpoint $(1)/export --shards $(DEMO_DIR)/shards/nsd \
 	--shards $(DEMO_DIR)/shards/hcp --split test --json $(1)/eval.json
+# SS-ViT: one single-subject run per subject of dataset $(1) (subjects $(2)), dataset $(3) dropped.
+define SS_VIT
+	@set -e; for s in $(2); do \
+		echo "== compare: SS-ViT $(1)/$$s -> $(DEMO_DIR)/compare/ss_vit/$(1)_$$s"; \
+		$(DS) $(TRAIN) recipes/compare/ss_vit.yaml run.out_dir=$(DEMO_DIR)/compare/ss_vit/$(1)_$$s $(LOCAL_URLS) \
+			data.datasets.$(3)=null data.datasets.$(1).subjects=$$s; \
+		$(PY) launch/evaluate.py --checkpoint $(DEMO_DIR)/compare/ss_vit/$(1)_$$s/export \
+			--shards $(DEMO_DIR)/shards/$(1) --split test --json $(DEMO_DIR)/compare/ss_vit/$(1)_$$s/eval.json; \
+	done
+endef
 demo-compare: install
 	@test -f $(DEMO_DIR)/run/export/model.safetensors || { echo "run make demo first (no $(DEMO_DIR)/run/export)"; exit 2; }
 	@set -e; for v in $(COMPARE_RUNS); do \
@@ -124,20 +134,8 @@ demo-compare: install
 		$(DS) $(TRAIN) recipes/compare/$$v.yaml run.out_dir=$(DEMO_DIR)/compare/$$v $(LOCAL_URLS); \
 		$(call EVAL,$(DEMO_DIR)/compare/$$v); \
 	done
-	@set -e; for s in $(SS_NSD); do \
-		echo "== compare: SS-ViT nsd/$$s -> $(DEMO_DIR)/compare/ss_vit/nsd_$$s"; \
-		$(DS) $(TRAIN) recipes/compare/ss_vit.yaml run.out_dir=$(DEMO_DIR)/compare/ss_vit/nsd_$$s $(LOCAL_URLS) \
-			data.datasets.hcp=null data.datasets.nsd.subjects=$$s; \
-		$(PY) launch/evaluate.py --checkpoint $(DEMO_DIR)/compare/ss_vit/nsd_$$s/export --shards $(DEMO_DIR)/shards/nsd \
-			--split test --json $(DEMO_DIR)/compare/ss_vit/nsd_$$s/eval.json; \
-	done
-	@set -e; for s in $(SS_HCP); do \
-		echo "== compare: SS-ViT hcp/$$s -> $(DEMO_DIR)/compare/ss_vit/hcp_$$s"; \
-		$(DS) $(TRAIN) recipes/compare/ss_vit.yaml run.out_dir=$(DEMO_DIR)/compare/ss_vit/hcp_$$s $(LOCAL_URLS) \
-			data.datasets.nsd=null data.datasets.hcp.subjects=$$s; \
-		$(PY) launch/evaluate.py --checkpoint $(DEMO_DIR)/compare/ss_vit/hcp_$$s/export --shards $(DEMO_DIR)/shards/hcp \
-			--split test --json $(DEMO_DIR)/compare/ss_vit/hcp_$$s/eval.json; \
-	done
+	$(call SS_VIT,nsd,$(SS_NSD),hcp)
+	$(call SS_VIT,hcp,$(SS_HCP),nsd)
 	$(PY) launch/report.py $(DEMO_DIR) --shards $(DEMO_DIR)/shards/nsd --shards $(DEMO_DIR)/shards/hcp
 
 clean:
