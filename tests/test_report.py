@@ -28,6 +28,9 @@ def test_comparison_states_whether_the_papers_ordering_holds():
     assert "CLIP-MUSED is ahead of MS-EMB on 3 of 4 subjects" in text
     assert "hcp: CLIP-MUSED 0.840, MS-EMB 0.850, MS-SMODEL 0.800: the paper's ordering does not hold" in text
     assert "lacks" in markdown.comparison({"CLIP-MUSED": {"nsd": 0.3}, "MS-EMB": {"nsd": 0.2}}, {})
+    # A failed ordering where the model ignores its tokens is explained; one where it uses them is not.
+    assert "Why not on hcp" in markdown.comparison(table, {}, {"nsd": 0.05, "hcp": -0.003})
+    assert "Why not" not in markdown.comparison(table, {}, {"nsd": 0.05, "hcp": 0.04})
 
 
 def test_subject_mean_map_averages_subjects_of_one_dataset():

@@ -106,6 +106,7 @@ def write_report(root: str | Path, shards: dict[str, str] | None = None, attenti
     train, val = read_metrics(inputs.run)
     figures.plot_training(train, val, datasets, out / "training.png")
     sections.append(markdown.training(train, val, datasets))
+    reliance = analysis.token_reliance(model, streams) if streams else None
     if main is not None:
         chance = {name: analysis.chance_map(s) for name, s in streams.items()}
         figures.plot_subject_metrics(main["subjects"], out / "subjects.png")
@@ -113,14 +114,17 @@ def write_report(root: str | Path, shards: dict[str, str] | None = None, attenti
         compare, paired, ablate = _comparison_tables(inputs, main)
         if compare:
             figures.plot_comparison(compare, out / "comparison.png", "The paper's comparison on this cohort")
-            sections.append(markdown.comparison(compare, paired))
+            effect = None
+            if reliance is not None:
+                own, mean = (reliance[k]["datasets"] for k in ("own", "mean"))
+                effect = {d: own[d]["subject_mean"]["mAP"] - mean[d]["subject_mean"]["mAP"] for d in own}
+            sections.append(markdown.comparison(compare, paired, effect))
         if ablate:
             figures.plot_comparison(ablate, out / "ablation.png", "Loss ablation")
             sections.append(markdown.ablation(ablate))
+    if reliance is not None:
+        sections.append(markdown.reliance(reliance))
     if streams:
-        reliance = analysis.token_reliance(model, streams)
-        if reliance is not None:
-            sections.append(markdown.reliance(reliance))
         maps = {}
         for name, stream in streams.items():
             by_subject = analysis.readout_attention_by_subject(model, stream, max_per_subject=attention_samples)
