@@ -28,9 +28,8 @@ __all__ = ["write_report"]
 logger = logging.getLogger(__name__)
 
 
-def _streams(inputs: ReportInputs, model, shards: dict[str, str], notes: list[str]) -> dict[str, DatasetStream]:
+def _streams(recipe, model, shards: dict[str, str], notes: list[str]) -> dict[str, DatasetStream]:
     """The model's datasets' shard sets (recipe URLs, or --shards by dataset), test subjects the model knows."""
-    recipe = load_recipe(inputs.run / "config.yaml")
     rows = {s: i for i, s in enumerate(model.registry.ids)}
     streams = {}
     for name in model.datasets:
@@ -87,7 +86,8 @@ def write_report(root: str | Path, shards: dict[str, str] | None = None, attenti
         json.loads((inputs.run / "run_info.json").read_text()) if (inputs.run / "run_info.json").is_file() else {}
     )
     notes: list[str] = []
-    streams = _streams(inputs, model, shards or {}, notes)
+    recipe = load_recipe(inputs.run / "config.yaml")
+    streams = _streams(recipe, model, shards or {}, notes)
     main = inputs.eval
     if main is None and streams:
         logger.info("no eval.json beside the run: evaluating its export on the test split")
@@ -95,7 +95,6 @@ def write_report(root: str | Path, shards: dict[str, str] | None = None, attenti
         write_json(out / "eval.json", main)
     datasets = list(model.datasets)
     cfg = model.config
-    recipe = load_recipe(inputs.run / "config.yaml")
     sections = [
         f"# MUSED-FM report: {recipe.run.name}\n\n"
         f"Run `{inputs.run}`: a {cfg.depth}-layer, {cfg.dim}-wide trunk with subject tokens `{cfg.subject_tokens}`, "
