@@ -24,12 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention-samples", type=int, default=256, help="test samples per subject for attention")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
-    from mused_fm.data.manifest import read_manifest
     from mused_fm.report import write_report
 
     try:
-        shards = {read_manifest(url)["info"]["dataset"]: url for url in args.shards}
-        path = write_report(args.dir, shards, args.attention_samples)
+        path = write_report(args.dir, args.shards, args.attention_samples)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -36,6 +36,7 @@ __all__ = [
     "load_export",
     "mean_map",
     "merge_metrics",
+    "open_for_model",
     "write_json",
 ]
 
@@ -142,13 +143,8 @@ def evaluate_model(checkpoint: Path, shard_urls: list[str], split: str, batch_si
         )
     streams: dict[str, DatasetStream] = {}
     for url in shard_urls:
-        stream = DatasetStream(_dataset_of(url), url, rows)
+        stream = open_for_model(model, url)
         name = stream.name
-        if name not in model.datasets:
-            raise ValueError(
-                f"{url} holds dataset {name!r}, which the model has no head for ({sorted(model.datasets)})."
-            )
-        check_shapes(stream.info, model.datasets[name], name, url)
         chosen = [s for s in stream.subjects if (s in subjects if subjects else s in rows)]
         skipped = [s for s in stream.subjects if s not in rows]
         if skipped and not subjects:
@@ -165,6 +161,20 @@ def evaluate_model(checkpoint: Path, shard_urls: list[str], split: str, batch_si
     if uncovered:
         raise ValueError(f"--subjects {uncovered} are in none of the --shards sets ({', '.join(shard_urls)}).")
     return json_safe(evaluate_streams(model, streams, split, batch_size, device))
+
+
+def open_for_model(model: MusedModel, url: str) -> DatasetStream:
+    """A shard set as `model` reads it, all of its manifest's subjects (callers choose among them).
+
+    Named errors: a dataset the model has no head for, samples that do not fit its tokenizer or head.
+    """
+    stream = DatasetStream(_dataset_of(url), url, {s: i for i, s in enumerate(model.registry.ids)})
+    if stream.name not in model.datasets:
+        raise ValueError(
+            f"{url} holds dataset {stream.name!r}, which the model has no head for ({sorted(model.datasets)})."
+        )
+    check_shapes(stream.info, model.datasets[stream.name], stream.name, url)
+    return stream
 
 
 def load_export(checkpoint: str | Path) -> MusedModel:

@@ -51,9 +51,8 @@ def run(args: argparse.Namespace) -> int:
     server.start()
     try:
         host, port = server.get_host_and_port()
-        env = {**os.environ, **DUMMY_ENV, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-        env.pop("AWS_PROFILE", None)
-        os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})  # this process uploads too
+        # Set here, not only for the command: this process uploads too, and the command inherits them.
+        os.environ.update({**DUMMY_ENV, "AWS_ENDPOINT_URL": f"http://{host}:{port}"})
         os.environ.pop("AWS_PROFILE", None)
         import s3fs
 
@@ -68,6 +67,6 @@ def run(args: argparse.Namespace) -> int:
             size = sum(p.stat().st_size for p in files)
             logger.info("uploaded %d files (%.1f MB) from %s to %s", len(files), size / 1e6, src, dest)
         logger.info("local S3 server at http://%s:%d; running: %s", host, port, " ".join(command))
-        return subprocess.run(command, env=env).returncode
+        return subprocess.run(command).returncode
     finally:
         server.stop()

@@ -83,7 +83,7 @@ def test_make_demo_leaves_what_design_says(tmp_path):
     # launch/evaluate.py got.
     from mused_fm.report import write_report
 
-    write_report(run, {"nsd": str(demo / "shards" / "nsd"), "hcp": str(demo / "shards" / "hcp")})
+    write_report(run, [str(demo / "shards" / "nsd"), str(demo / "shards" / "hcp")])
     computed = json.loads((run / "report" / "eval.json").read_text())
     for name, d in evaluation["datasets"].items():
         assert computed["datasets"][name]["mAP"] == pytest.approx(d["mAP"], abs=1e-6)

@@ -19,7 +19,7 @@ import torch
 
 from mused_fm.config import load_recipe
 from mused_fm.data.pipeline import DatasetStream
-from mused_fm.evaluate import check_shapes, evaluate_streams, json_safe, load_export, write_json
+from mused_fm.evaluate import evaluate_streams, json_safe, load_export, open_for_model, write_json
 from mused_fm.report import analysis, figures, markdown
 from mused_fm.report.inputs import ABLATIONS, BASELINES, ReportInputs, find_inputs, read_metrics
 
@@ -28,25 +28,26 @@ __all__ = ["write_report"]
 logger = logging.getLogger(__name__)
 
 
-def _streams(recipe, model, shards: dict[str, str], notes: list[str]) -> dict[str, DatasetStream]:
-    """The model's datasets' shard sets (recipe URLs, or --shards by dataset), test subjects the model knows."""
-    rows = {s: i for i, s in enumerate(model.registry.ids)}
+def _streams(recipe, model, shard_urls: list[str], notes: list[str]) -> dict[str, DatasetStream]:
+    """The model's test shard sets, its known subjects only: `shard_urls` first, else the run's recipe URLs.
+
+    A set that cannot be read becomes a note: the sections that need samples skip its dataset.
+    """
     streams = {}
-    for name in model.datasets:
-        spec = recipe.data.datasets.get(name)
-        url = shards.get(name) or (spec.url if spec else "")
-        try:
-            stream = DatasetStream(name, url, rows)
-            check_shapes(stream.info, model.datasets[name], name, url)
-        except (OSError, ValueError, KeyError) as err:
-            notes.append(
-                f"The {name} shards ({url}) could not be read, so the sections that need test samples "
-                f"skip {name}: {err}. Pass `--shards` to point at them."
-            )
+    named = [(None, url) for url in shard_urls]
+    named += [(name, ds.url) for name, ds in recipe.data.datasets.items() if name in model.datasets]
+    for name, url in named:
+        if name in streams:
             continue
-        stream.subjects = [s for s in stream.subjects if s in rows]
-        if stream.subjects:
-            streams[name] = stream
+        try:
+            stream = open_for_model(model, url)
+        except (OSError, ValueError, KeyError) as err:
+            notes.append(f"The shards at {url} could not be read, so the sections that need test samples "
+                         f"skip {name or 'them'}: {err}. Pass `--shards` to point at them.")  # fmt: skip
+            continue
+        stream.subjects = [s for s in stream.subjects if s in model.registry]
+        if stream.subjects and stream.name not in streams:
+            streams[stream.name] = stream
     return streams
 
 
@@ -76,8 +77,11 @@ def _comparison_tables(inputs: ReportInputs, main: dict) -> tuple[dict, dict, di
     return compare, paired, ablate
 
 
-def write_report(root: str | Path, shards: dict[str, str] | None = None, attention_samples: int = 256) -> Path:
-    """Build DIR/report/report.md and its figures; returns the report's path."""
+def write_report(root: str | Path, shards: list[str] = (), attention_samples: int = 256) -> Path:
+    """Build DIR/report/report.md and its figures; returns the report's path.
+
+    `shards`: shard sets (folders or s3://) that replace the run's recipe URLs of their datasets.
+    """
     inputs = find_inputs(root)
     out = inputs.root / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +91,7 @@ def write_report(root: str | Path, shards: dict[str, str] | None = None, attenti
     )
     notes: list[str] = []
     recipe = load_recipe(inputs.run / "config.yaml")
-    streams = _streams(recipe, model, shards or {}, notes)
+    streams = _streams(recipe, model, list(shards), notes)
     main = inputs.eval
     if main is None and streams:
         logger.info("no eval.json beside the run: evaluating its export on the test split")

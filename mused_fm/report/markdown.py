@@ -130,7 +130,7 @@ def comparison(
                 f"Why not on {d}: the trained CLIP-MUSED model decodes {d} as well with the mean token as with each "
                 f"subject's own ({effect:+.3f}), so subject information is not used there and the three variants "
                 "differ by training noise. That is expected where subjects' inputs share one space and most of their "
-                "functional layout (on the simulated cohort: HCP volumes on one MNI grid, maps 70% from a template)."
+                "functional layout (as the simulated cohort's HCP volumes do: one MNI grid, a cohort template)."
             )
     return "\n".join(
         [
