@@ -36,11 +36,11 @@ import torch
 
 from mused_fm.config import Recipe, recipe_from_dict
 from mused_fm.data.pipeline import DatasetStream, eval_batches, split_batch
+from mused_fm.distributed import DistInfo, barrier, broadcast_value
 from mused_fm.evaluate import check_shapes, evaluate_streams, json_safe, load_export, mean_map, write_json
 from mused_fm.model import MusedModel, build_model
 from mused_fm.model.freeze import assert_unchanged, freeze_for_new_subjects, snapshot, trainable_summary
-from mused_fm.train.distributed import broadcast_value
-from mused_fm.train.engine import DistInfo, Engine, barrier, init_distributed
+from mused_fm.train.engine import Engine, init_distributed
 from mused_fm.train.objective import Objective, batch_to_device
 from mused_fm.train.run_log import RunLog
 

@@ -24,9 +24,9 @@ import torch
 
 from mused_fm.data import storage
 from mused_fm.data.pipeline import DatasetStream, eval_batches
+from mused_fm.distributed import all_gather_objects
 from mused_fm.metrics import grouped_metrics
 from mused_fm.model import MusedModel, MusedOutput
-from mused_fm.train.distributed import all_gather_objects
 
 __all__ = [
     "check_shapes",

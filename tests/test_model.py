@@ -74,7 +74,7 @@ def test_subject_token_modes_are_the_papers_baselines(tiny_recipe):
 @pytest.mark.parametrize("mode", ["two", "one", "none"])
 def test_every_mode_can_be_flop_counted_under_no_grad(tiny_recipe, mode):
     """The trainer counts FLOPs under no_grad before step 0 (train/loop.py); mode none once crashed there."""
-    from mused_fm.bench.common import count_flops
+    from mused_fm.flops import count_flops
 
     tiny_recipe.model.subject_tokens = mode
     model = build_model(tiny_recipe).eval()

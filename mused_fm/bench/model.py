@@ -21,10 +21,12 @@ from collections.abc import Callable
 
 import torch
 
-from mused_fm.bench.common import count_flops, device_info, matmul_peak_flops, time_interleaved
+from mused_fm.bench.common import time_interleaved
 from mused_fm.bench.targets import Target
 from mused_fm.config import recipe_from_dict
+from mused_fm.flops import count_flops, matmul_peak_flops
 from mused_fm.losses import clip_mused_loss
+from mused_fm.machine import device_info
 from mused_fm.model import build_model
 
 logger = logging.getLogger(__name__)

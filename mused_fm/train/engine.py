@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,28 +26,17 @@ import torch
 from torch import nn
 
 from mused_fm.config import Recipe
+from mused_fm.distributed import DistInfo
 
 os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 
 import deepspeed
 from deepspeed.utils import safe_get_full_fp32_param
 
-__all__ = ["DEEPSPEED_VERSION", "DistInfo", "Engine", "deepspeed_config", "init_distributed", "resolve_precision"]
+__all__ = ["DEEPSPEED_VERSION", "Engine", "deepspeed_config", "init_distributed", "resolve_precision"]
 
 logger = logging.getLogger(__name__)
 DEEPSPEED_VERSION = deepspeed.__version__
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int
-    local_rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def _free_port() -> int:
@@ -219,7 +207,3 @@ class Engine:
             raise RuntimeError(f"export lacks {sorted(missing)}: refusing to write an incomplete model.")
         return state if self.dist.is_main else None
 
-
-def barrier() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()

@@ -23,15 +23,15 @@ from pathlib import Path
 
 import torch
 
-from mused_fm.bench.common import count_flops, matmul_peak_flops
 from mused_fm.config import Recipe, save_recipe
 from mused_fm.data.pipeline import split_batch, train_loader
+from mused_fm.distributed import DistInfo, barrier, broadcast_value, mean_over_ranks, sum_over_ranks
 from mused_fm.evaluate import evaluate_streams, mean_map
+from mused_fm.flops import count_flops, matmul_peak_flops
 from mused_fm.losses import LossTerms
 from mused_fm.model import MusedModel, SubjectRegistry, build_model
 from mused_fm.train.data import open_streams, resolve_datasets
-from mused_fm.train.distributed import broadcast_value, mean_over_ranks, sum_over_ranks
-from mused_fm.train.engine import DEEPSPEED_VERSION, DistInfo, Engine, barrier, init_distributed
+from mused_fm.train.engine import DEEPSPEED_VERSION, Engine, init_distributed
 from mused_fm.train.objective import Objective, batch_to_device
 from mused_fm.train.run_log import RunLog, run_info
 

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from mused_fm.config import LossConfig
+from mused_fm.distributed import gather_with_grad
 from mused_fm.losses import LossTerms, clip_mused_loss
 from mused_fm.model import MusedModel
-from mused_fm.train.distributed import gather_with_grad
 
 __all__ = ["Objective", "batch_to_device"]
 

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import time
 import uuid
@@ -24,9 +23,9 @@ from typing import Any
 
 import torch
 
-from mused_fm.bench.common import device_info
 from mused_fm.config import Recipe, recipe_to_dict
 from mused_fm.evaluate import json_safe
+from mused_fm.machine import device_info, git_commit
 
 __all__ = ["RunLog", "run_info"]
 
@@ -41,15 +40,6 @@ def _version() -> str:
         return "unknown"
 
 
-def _git_commit() -> str:
-    try:
-        root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def run_info(world_size: int, stage: int, precision: str, device: torch.device, deepspeed: str) -> dict[str, Any]:
     devices = (
         [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
@@ -59,7 +49,7 @@ def run_info(world_size: int, stage: int, precision: str, device: torch.device, 
     return {
         "world_size": world_size, "zero_stage": stage, "precision": precision, "device": device.type,
         "devices": devices, "torch": torch.__version__, "deepspeed": deepspeed,
-        "mused_fm": _version(), "git_commit": _git_commit(), "python": platform.python_version(),
+        "mused_fm": _version(), "git_commit": git_commit() or "unknown", "python": platform.python_version(),
         "host": platform.node(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }  # fmt: skip
 

@@ -1,24 +1,49 @@
-"""Collectives the training loop needs beyond DeepSpeed's gradient reduction (torch.distributed only).
+"""Rank facts and collectives beyond DeepSpeed's gradient reduction (torch.distributed only, no DeepSpeed).
 
-Every function is a no-op (or the identity) in a world of one, so tests and single-process runs
-take the same path.
+Used by the trainer, adaptation and evaluation alike. Every function is a no-op (or the identity) in a
+world of one, so tests and single-process runs take the same path.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 __all__ = [
+    "DistInfo",
     "all_gather_objects",
+    "barrier",
     "broadcast_value",
     "gather_with_grad",
     "mean_over_ranks",
     "sum_over_ranks",
     "world_size",
 ]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job, and the device it computes on."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE_PROCESS = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def world_size() -> int:
