@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
-from pathlib import Path
 
 import fsspec
 
-__all__ = ["exists", "filesystem", "is_remote", "join", "listdir", "open_read", "put_file", "read_bytes",
+from mused_fm import files
+
+__all__ = ["exists", "filesystem", "is_remote", "join", "listdir", "open_read", "put_file", "read_bytes", "write_json",
            "remove", "write_bytes"]  # fmt: skip
 
 
@@ -67,11 +67,12 @@ def write_bytes(url: str, data: bytes) -> None:
         fs, path = filesystem(url)
         fs.pipe_file(path, data)  # one PUT: the object appears complete or not at all
         return
-    path = Path(url.removeprefix("file://"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    files.write_bytes(url.removeprefix("file://"), data)
+
+
+def write_json(url: str, payload) -> None:
+    """Strict JSON (NaN written as null), written atomically to a file or an s3:// URL."""
+    write_bytes(url, files.dumps_json(payload).encode())
 
 
 def remove(url: str) -> None:
@@ -88,8 +89,5 @@ def put_file(local_path: str | os.PathLike, url: str) -> None:
         fs.put_file(str(local_path), path)  # multipart uploads become visible only when complete
         os.remove(local_path)
         return
-    dest = Path(url.removeprefix("file://"))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
-    shutil.move(str(local_path), tmp)  # may cross file systems: copy to a temp name first
-    os.replace(tmp, dest)
+    with files.atomic_path(url.removeprefix("file://")) as tmp:
+        shutil.move(str(local_path), tmp)  # may cross file systems: copy to a temp name first
