@@ -2,7 +2,7 @@
 
 Shape legend: B batch, D width, k new subjects.
 
-    model = from_pretrained(checkpoint)            # the trained export, fp32, on every rank
+    model = load_export(checkpoint)                # the trained export, fp32, on every rank
     model.add_subjects(new_ids)                    # registry + subject_tokens.new (k, 2, D), mean init
     freeze_for_new_subjects(model)                 # only `new` trains; BatchNorm stays in eval mode
     before = snapshot(model)                       # every parameter and buffer, on the CPU
@@ -12,15 +12,17 @@ Shape legend: B batch, D width, k new subjects.
     assert_unchanged(before, result)               # bit for bit, or no export
     result.merge_new_subjects(); result.save_pretrained(out/export)
 
-Everything happens before `deepspeed.initialize` that must (weight surgery, freezing; see
-../shared/reference/ecosystem.md section 3), and the exported frozen weights are the fp32 originals,
-not the engine's copies (which are bf16 on GPUs).
+Weight surgery and freezing happen before `deepspeed.initialize` (the engine's optimizer only sees the
+parameters that are trainable when it is built), and the exported frozen weights are the fp32
+originals, not the engine's copies (which are bf16 on GPUs).
 
-The data-efficiency sweep runs, at each fraction of the new subjects' training samples (a seeded
-subset per subject), `tokens` (the routine above), `scratch` (a single-subject model trained from
-scratch on the same samples: the paper's SS-ViT) and `full` (all weights of the new subjects'
-datasets fine-tuned, starting from the trained model), each scored on the subjects' test split; plus
-`in_pretraining`, the test score of a model pretrained with the subjects (adapt.reference).
+Each adapt.methods x adapt.fractions run starts from its method's model with its trainable set declared
+in `METHODS`, fits a seeded share of the new subjects' training samples, and is scored on their test
+split: `tokens` (the routine above), `scratch` (a single-subject model trained from scratch on the same
+samples: the paper's SS-ViT) and `full` (the trunk, every subject token and the new subjects' datasets'
+tokenizers, position tables and heads, starting from the trained model); plus `in_pretraining`, the test
+score of a model pretrained with the subjects (adapt.reference). Each run logs to its own
+`runs/<method>_f<fraction>/metrics.jsonl`. The caller gets the points as data (`AdaptResult.curve`).
 """
 
 from __future__ import annotations
@@ -29,42 +31,36 @@ import copy
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from mused_fm.config import Recipe, recipe_from_dict
+from mused_fm.config import AdaptConfig, AdaptRecipe, recipe_from_dict, save_recipe
+from mused_fm.data.manifest import Manifest, check_compatible
 from mused_fm.data.pipeline import DatasetStream, eval_batches, split_batch
 from mused_fm.distributed import DistInfo, barrier, broadcast_value
-from mused_fm.evaluate import check_shapes, evaluate_streams, json_safe, load_export, mean_map, write_json
-from mused_fm.model import MusedModel, build_model
-from mused_fm.model.freeze import assert_unchanged, freeze_for_new_subjects, snapshot, trainable_summary
+from mused_fm.errors import InputError, ShardSchemaError, UnknownSubjectError
+from mused_fm.evaluate import evaluate_streams, mean_map
+from mused_fm.files import json_safe, write_json
+from mused_fm.model import MusedModel, build_model, load_export
+from mused_fm.model.freeze import assert_unchanged, freeze_for_new_subjects, snapshot, train_only, trainable_summary
+from mused_fm.subject_ids import dataset_of, name_of
 from mused_fm.train.engine import Engine, init_distributed
 from mused_fm.train.objective import Objective, batch_to_device
 from mused_fm.train.run_log import RunLog
 
-__all__ = ["adapt"]
+__all__ = ["METHODS", "AdaptResult", "adapt"]
 
 logger = logging.getLogger("mused_fm.adapt")
-METHODS = ("tokens", "scratch", "full")
+SPLITS = ("train", "val", "test")
 
 
 # --------------------------------------------------------------------------------------------
 # The new subjects' samples
 # --------------------------------------------------------------------------------------------
-
-
-def _check_splits(stream: DatasetStream) -> None:
-    """Every new subject needs train, val and test samples: a named error otherwise."""
-    for split in ("train", "val", "test"):
-        have = {s["subject"] for s in stream.manifest["shards"] if s["split"] == split and s["count"]}
-        empty = [s for s in stream.subjects if s not in have]
-        if empty:
-            raise ValueError(
-                f"{stream.url}: no {split!r} samples for {empty}; the new subjects need train, val and test "
-                "samples (pack them with the same shards_tools command as the others)."
-            )
 
 
 class SubjectSamples:
@@ -100,6 +96,103 @@ class SubjectSamples:
         return batch
 
 
+class NewSubjects:
+    """The subjects to add: their shard sets (checked against the trained model) and training samples."""
+
+    def __init__(self, config: AdaptConfig, base: MusedModel) -> None:
+        self.ids = list(config.subjects)
+        self.datasets = sorted({dataset_of(s) for s in self.ids})
+        missing = [d for d in self.datasets if d not in base.datasets]
+        if missing:
+            raise UnknownSubjectError(
+                f"adapt.subjects has subjects of datasets {missing}, which the model at {config.checkpoint} has no "
+                f"head for (it has {sorted(base.datasets)}); a new dataset needs pretraining, not adaptation."
+            )
+        self.manifests = self._manifests(config.shards, base)
+        for dataset in self.datasets:  # from the manifest, before anything is read
+            self._check_splits(self.manifests[dataset])
+        rows = {s: i for i, s in enumerate(self.ids)}  # only to read: each model maps ids to its own rows
+        self.train_sets = {d: SubjectSamples(self.stream(d, rows), "train") for d in self.datasets}
+
+    def _manifests(self, urls: list[str], base: MusedModel) -> dict[str, Manifest]:
+        by_dataset = {}
+        for url in urls:
+            manifest = Manifest.read(url)
+            by_dataset[manifest.dataset] = manifest
+            if manifest.dataset in base.datasets:
+                check_compatible(base.datasets[manifest.dataset], manifest)
+        for subject in self.ids:
+            manifest = by_dataset.get(dataset_of(subject))
+            if manifest is None or subject not in manifest.subjects:
+                raise UnknownSubjectError(f"{subject} is in none of adapt.shards ({', '.join(urls)}).")
+        return {d: by_dataset[d] for d in self.datasets}
+
+    def _check_splits(self, manifest: Manifest) -> None:
+        """Every new subject needs train, val and test samples: a named error otherwise."""
+        chosen = [s for s in self.ids if dataset_of(s) == manifest.dataset]
+        for split in SPLITS:
+            have = {s["subject"] for s in manifest.shards(split, chosen) if s["count"]}
+            empty = [s for s in chosen if s not in have]
+            if empty:
+                raise ShardSchemaError(
+                    f"{manifest.url}: no {split!r} samples for {empty}; the new subjects need train, val and test "
+                    "samples (pack them with the same shards_tools command as the others)."
+                )
+
+    def stream(self, dataset: str, rows) -> DatasetStream:
+        names = [name_of(s) for s in self.ids if dataset_of(s) == dataset]
+        return DatasetStream(self.manifests[dataset], rows, names, key="adapt.subjects")
+
+    def streams(self, model: MusedModel) -> dict[str, DatasetStream]:
+        return {d: self.stream(d, model.registry.row_of) for d in self.datasets}
+
+    def test_metrics(self, model: MusedModel) -> dict:
+        """The new subjects' test metrics, computed in this process on the CPU."""
+        return json_safe(evaluate_streams(model, self.streams(model), "test", 256))
+
+
+# --------------------------------------------------------------------------------------------
+# Methods: the starting model and its trainable set
+# --------------------------------------------------------------------------------------------
+
+
+def _tokens(base: MusedModel, new: NewSubjects, config: AdaptConfig, seed: int) -> MusedModel:
+    """The trained model with the new subjects' rows; only those rows train."""
+    model = copy.deepcopy(base)
+    model.add_subjects(new.ids, init=config.init, replace=config.replace)
+    freeze_for_new_subjects(model)
+    return model
+
+
+def _full(base: MusedModel, new: NewSubjects, config: AdaptConfig, seed: int) -> MusedModel:
+    """The trained model with the new rows; every weight the new subjects' batches reach trains.
+
+    Under ZeRO each trainable parameter must be in the graph, so other datasets' modules stay frozen.
+    """
+    model = copy.deepcopy(base)
+    model.add_subjects(new.ids, init=config.init, replace=config.replace)
+    reached: list[nn.Parameter] = [*model.trunk.parameters(), *model.subject_tokens.parameters()]
+    for dataset in new.datasets:
+        reached.extend(model.dataset_parameters(dataset))
+    train_only(model, reached)
+    return model
+
+
+def _scratch(base: MusedModel, new: NewSubjects, config: AdaptConfig, seed: int) -> MusedModel:
+    """A fresh model of the same shape for the new subjects' datasets only (SS-ViT); everything trains."""
+    datasets = {d: dataclasses.asdict(base.datasets[d]) for d in new.datasets}
+    recipe = recipe_from_dict({"model": dataclasses.asdict(base.config), "data": {"datasets": datasets}})
+    torch.manual_seed(seed)
+    return build_model(recipe, new.ids)
+
+
+METHODS: dict[str, Callable[[MusedModel, NewSubjects, AdaptConfig, int], MusedModel]] = {
+    "tokens": _tokens,
+    "scratch": _scratch,
+    "full": _full,
+}
+
+
 # --------------------------------------------------------------------------------------------
 # One fine-tuning run
 # --------------------------------------------------------------------------------------------
@@ -114,146 +207,90 @@ class RunResult:
     best_step: int
     val_mAP: float
     state: dict[str, torch.Tensor] | None  # best weights (rank 0)
+    dtype: torch.dtype  # the engine's compute dtype (bf16 on GPUs)
 
 
-class _Adapter:
-    def __init__(self, recipe: Recipe, dist: DistInfo) -> None:
-        self.recipe, self.dist, a = recipe, dist, recipe.adapt
-        if not a.checkpoint or not a.shards or not a.subjects:
-            raise ValueError("adapt.checkpoint, adapt.shards and adapt.subjects are required (see --help).")
-        self.base = load_export(a.checkpoint)
-        self.new_ids = list(a.subjects)
-        datasets = {s.split("/", 1)[0] for s in self.new_ids}
-        missing = sorted(datasets - set(self.base.datasets))
-        if missing:
-            raise ValueError(
-                f"adapt.subjects has subjects of datasets {missing}, which the model at {a.checkpoint} has no head "
-                f"for (it has {sorted(self.base.datasets)}); a new dataset needs pretraining, not adaptation."
-            )
-        if a.reference:
-            known = load_export(a.reference).registry
-            lacking = [s for s in self.new_ids if s not in known]
-            if lacking:
-                raise ValueError(
-                    f"--reference {a.reference} lacks {lacking}: the in_pretraining point needs a model pretrained "
-                    "with these subjects (train the same recipe with them listed)."
-                )
-        self.urls = self._shard_urls(datasets)
-        self.out = Path(a.out)
-        rows = {s: i for i, s in enumerate(self.new_ids)}  # only to read: each model maps ids itself
-        for d in sorted(datasets):  # from the manifest, before anything is read
-            _check_splits(self._stream(d, rows))
-        self.train_sets = {d: SubjectSamples(self._stream(d, rows), "train") for d in sorted(datasets)}
+@dataclasses.dataclass
+class AdaptResult:
+    out: Path
+    curve: list[dict]
+    """One point per method and fraction (and in_pretraining), on rank 0; empty on the other ranks."""
+    subjects: list[str]
 
-    def _shard_urls(self, datasets: set[str]) -> dict[str, str]:
-        from mused_fm.data.manifest import read_manifest
 
-        urls: dict[str, str] = {}
-        for url in self.recipe.adapt.shards:
-            manifest = read_manifest(url)
-            name = manifest["info"]["dataset"]
-            urls[name] = url
-            if name in self.base.datasets:
-                check_shapes(manifest["info"], self.base.datasets[name], name, url)
-        for subject in self.new_ids:
-            name = subject.split("/", 1)[0]
-            if name not in urls or subject not in read_manifest(urls[name])["subjects"]:
-                raise ValueError(f"{subject} is in none of adapt.shards ({', '.join(self.recipe.adapt.shards)}).")
-        return {d: urls[d] for d in datasets}
-
-    def _stream(self, dataset: str, rows: dict[str, int]) -> DatasetStream:
-        names = [s.split("/", 1)[1] for s in self.new_ids if s.startswith(f"{dataset}/")]
-        return DatasetStream(dataset, self.urls[dataset], rows, names)
-
-    def model_for(self, method: str) -> MusedModel:
-        """The starting point of a method, with its trainable parameters set (before DeepSpeed)."""
-        a = self.recipe.adapt
-        if method == "scratch":  # single-subject model(s): only the new subjects' datasets, fresh weights
-            cfg = recipe_from_dict({"model": dataclasses.asdict(self.base.config), "data": {"datasets": {
-                d: dataclasses.asdict(self.base.datasets[d]) for d in self.train_sets}}})  # fmt: skip
-            torch.manual_seed(self.recipe.run.seed)
-            return build_model(cfg, self.new_ids)
-        model = copy.deepcopy(self.base)
-        model.add_subjects(self.new_ids, init=a.init, replace=a.replace)
-        freeze_for_new_subjects(model)
-        if method == "full":  # every weight the new subjects' batches reach (ZeRO needs each in the graph)
-            used = tuple(f"{part}.{d}" for d in self.train_sets for part in ("tokenizers", "pos", "heads"))
-            model.keep_eval = ()
-            for name, p in model.named_parameters():
-                p.requires_grad = name.startswith((*used, "trunk.", "subject_tokens."))
-        return model
-
-    def fit(self, model: MusedModel, method: str, fraction: float) -> RunResult:
-        """Train `model`'s trainable parameters on a `fraction` of the new subjects' samples."""
-        r, t = self.recipe, self.recipe.train
-        train = {d: s.subset(fraction, r.run.seed) for d, s in self.train_sets.items()}
-        n_train = sum(len(s) for s in train.values())
-        rows = {s: i for i, s in enumerate(model.registry.ids)}
-        val = {d: self._stream(d, rows) for d in train}
-        sizes = split_batch(t.micro_batch_size, dict.fromkeys(train, 1.0))
-        engine = Engine(Objective(model, r.loss), r, self.dist)
-        self._engine_dtype = engine.dtype
-        label = f"{method} @ {fraction:g} ({n_train} samples)"
-        if self.dist.is_main:
-            logger.info("%s: %s", label, trainable_summary(model))
-        best = RunResult(method, fraction, n_train, 0, 0, -math.inf, None)
-        stale, step = 0, 0
-        for step in range(1, t.max_steps + 1):
-            rng = np.random.default_rng([r.run.seed, self.dist.rank, step])
-            batches = {d: batch_to_device(s.batch(sizes[d], model, rng), self.dist.device, engine.dtype)
-                       for d, s in train.items()}  # fmt: skip
-            loss, _ = engine(batches)
-            engine.backward(loss)
-            engine.step()
-            if step % t.eval_every and step != t.max_steps:
-                continue
-            engine.train(False)
-            metrics = evaluate_streams(engine.module.model, val, "val", 256, self.dist.device, engine.dtype,
-                                       self.dist.rank, self.dist.world_size, pad=engine.stage == 3)  # fmt: skip
-            engine.train(True)
-            score = broadcast_value(mean_map(metrics) if self.dist.is_main else 0.0)
-            self.log.write({"step": step, "method": method, "fraction": fraction, "loss": float(loss.detach()),
-                            "split": "val", "mAP": score})  # fmt: skip
-            if score > best.val_mAP:
-                best = dataclasses.replace(best, best_step=step, val_mAP=score, state=engine.full_state_dict())
-                stale = 0
-            else:
-                stale += 1
-                if stale >= r.adapt.patience:
-                    break
-        if self.dist.is_main:
-            logger.info("%s: best validation mAP %.4f at step %d of %d", label, best.val_mAP, best.best_step, step)
-        return dataclasses.replace(best, steps=step)
-
-    def finish(self, start: MusedModel, before: dict | None, result: RunResult) -> MusedModel:
-        """Rank 0: the starting model with the run's best weights; for tokens, checked bit for bit."""
-        model = copy.deepcopy(start)
-        state = {k.removeprefix("model."): v for k, v in result.state.items()}
-        if result.method == "tokens":
-            # What the engine holds must be the frozen originals (in its compute dtype: bf16 on GPUs) ...
-            moved = [
-                k for k, v in before.items()
-                if k != "subject_tokens.new" and not torch.equal(state[k], v.to(self._engine_dtype).to(state[k].dtype))
-            ]  # fmt: skip
-            if moved:
-                raise RuntimeError(f"frozen tensors changed during token-only training: {moved}; no export written.")
-            # ... and the export takes only the new rows from it: the rest stays the fp32 original.
-            model.subject_tokens.new.data.copy_(state["subject_tokens.new"])
-            assert_unchanged(before, model, allowed=("subject_tokens.new",))
+def _fit(
+    model: MusedModel, method: str, fraction: float, new: NewSubjects, recipe: AdaptRecipe, dist: DistInfo, log: RunLog
+) -> RunResult:
+    """Train `model`'s trainable parameters on a `fraction` of the new subjects' samples."""
+    t, seed = recipe.train, recipe.run.seed
+    train = {d: s.subset(fraction, seed) for d, s in new.train_sets.items()}
+    n_train = sum(len(s) for s in train.values())
+    val = new.streams(model)
+    sizes = split_batch(t.micro_batch_size, dict.fromkeys(train, 1.0))
+    engine = Engine(Objective(model, recipe.loss), recipe, dist)
+    label = f"{method} @ {fraction:g} ({n_train} samples)"
+    if dist.is_main:
+        logger.info("%s: %s", label, trainable_summary(model))
+    best = RunResult(method, fraction, n_train, 0, 0, -math.inf, None, engine.dtype)
+    stale, step = 0, 0
+    for step in range(1, t.max_steps + 1):
+        rng = np.random.default_rng([seed, dist.rank, step])
+        batches = {
+            d: batch_to_device(s.batch(sizes[d], model, rng), dist.device, engine.dtype) for d, s in train.items()
+        }
+        loss, _ = engine(batches)
+        engine.backward(loss)
+        engine.step()
+        if step % t.eval_every and step != t.max_steps:
+            continue
+        engine.train(False)
+        metrics = evaluate_streams(engine.module.model, val, "val", 256, dist, engine.dtype, pad=engine.stage == 3)
+        engine.train(True)
+        score = broadcast_value(mean_map(metrics) if dist.is_main else 0.0)
+        log.write({"step": step, "loss": float(loss.detach()), "split": "val", "mAP": score})
+        if score > best.val_mAP:
+            best = dataclasses.replace(best, best_step=step, val_mAP=score, state=engine.full_state_dict())
+            stale = 0
         else:
-            model.load_state_dict(state, strict=True)
-        return model.eval()
+            stale += 1
+            if stale >= recipe.adapt.patience:
+                break
+    if dist.is_main:
+        logger.info("%s: best validation mAP %.4f at step %d of %d", label, best.val_mAP, best.best_step, step)
+    return dataclasses.replace(best, steps=step)
 
-    def test_metrics(self, model: MusedModel) -> dict:
-        rows = {s: i for i, s in enumerate(model.registry.ids)}
-        streams = {d: self._stream(d, rows) for d in self.train_sets}
-        return json_safe(evaluate_streams(model, streams, "test", 256, torch.device("cpu")))
+
+def _finish(start: MusedModel, before: dict | None, result: RunResult) -> MusedModel:
+    """Rank 0: the starting model with the run's best weights; for tokens, checked bit for bit."""
+    model = copy.deepcopy(start)
+    state = {k.removeprefix("model."): v for k, v in result.state.items()}
+    if result.method == "tokens":
+        # What the engine holds must be the frozen originals (in its compute dtype: bf16 on GPUs) ...
+        moved = [
+            k
+            for k, v in before.items()
+            if k != "subject_tokens.new" and not torch.equal(state[k], v.to(result.dtype).to(state[k].dtype))
+        ]
+        if moved:
+            raise RuntimeError(f"frozen tensors changed during token-only training: {moved}; no export written.")
+        # ... and the export takes only the new rows from it: the rest stays the fp32 original.
+        model.subject_tokens.new.data.copy_(state["subject_tokens.new"])
+        assert_unchanged(before, model, allowed=("subject_tokens.new",))
+    else:
+        model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 def _point(result: RunResult, metrics: dict) -> dict:
-    pooled = _pooled(metrics)
-    return {"method": result.method, "fraction": result.fraction, "n_train": result.n_train, **pooled,
-            "steps": result.steps, "best_step": result.best_step, "val_mAP": result.val_mAP}  # fmt: skip
+    return {
+        "method": result.method,
+        "fraction": result.fraction,
+        "n_train": result.n_train,
+        **_pooled(metrics),
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "val_mAP": result.val_mAP,
+    }
 
 
 def _pooled(metrics: dict) -> dict:
@@ -262,47 +299,72 @@ def _pooled(metrics: dict) -> dict:
     return {k: float(np.mean([d[k] for d in ds])) for k in ("mAP", "AUC", "hamming")}
 
 
-def adapt(recipe: Recipe) -> Path:
-    """Add recipe.adapt.subjects to the model at recipe.adapt.checkpoint; sweep when adapt.fractions is set."""
+def _reference(config: AdaptConfig) -> MusedModel | None:
+    """adapt.reference (a model pretrained with the new subjects), checked to hold them."""
+    if not config.reference:
+        return None
+    reference = load_export(config.reference)
+    lacking = [s for s in config.subjects if s not in reference.registry]
+    if lacking:
+        raise UnknownSubjectError(
+            f"--reference {config.reference} lacks {lacking}: the in_pretraining point needs a model pretrained "
+            "with these subjects (train the same recipe with them listed)."
+        )
+    return reference.eval()
+
+
+def adapt(recipe: AdaptRecipe) -> AdaptResult:
+    """Add recipe.adapt.subjects to the model at recipe.adapt.checkpoint, once per method and fraction.
+
+    Writes out/export (the token-only result at the largest fraction), out/eval.json (its test metrics),
+    out/curve.json (every point), out/config.yaml and out/runs/<method>_f<fraction>/metrics.jsonl.
+    """
+    a = recipe.adapt
+    if not a.checkpoint or not a.shards or not a.subjects:
+        raise InputError("adapt.checkpoint, adapt.shards and adapt.subjects are required (see --help).")
     dist = init_distributed()
-    job = _Adapter(recipe, dist)
-    out = job.out
+    base = load_export(a.checkpoint)
+    reference = _reference(a)
+    new = NewSubjects(a, base)
+    out = Path(a.out)
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    job.log = RunLog(out, recipe, dist.is_main, resume_step=0, total_steps=recipe.train.max_steps)
-    fractions = recipe.adapt.fractions or [recipe.adapt.fraction]
-    sweep = bool(recipe.adapt.fractions)
+        save_recipe(recipe, out / "config.yaml")
     points, export_model, export_metrics = [], None, None
-    for fraction in fractions:
-        for method in METHODS if sweep else ("tokens",):
-            start = job.model_for(method)
+    for fraction in a.fractions:
+        for method in a.methods:
+            start = METHODS[method](base, new, a, recipe.run.seed)
             before = snapshot(start) if method == "tokens" else None
             keep = copy.deepcopy(start)  # the fp32 originals, untouched by DeepSpeed's casts and partitions
-            result = job.fit(start, method, fraction)
+            run_dir = out / "runs" / f"{method}_f{fraction:g}"
             if dist.is_main:
-                model = job.finish(keep, before, result)
-                metrics = job.test_metrics(model)
+                run_dir.mkdir(parents=True, exist_ok=True)
+            log = RunLog(run_dir, recipe, dist.is_main, resume_step=0, total_steps=recipe.train.max_steps)
+            result = _fit(start, method, fraction, new, recipe, dist, log)
+            log.close()
+            if dist.is_main:
+                model = _finish(keep, before, result)
+                metrics = new.test_metrics(model)
                 points.append(_point(result, metrics))
                 logger.info("%s @ %g: test mAP %.4f", method, fraction, points[-1]["mAP"])
-                if method == "tokens" and fraction == max(fractions):
+                if method == "tokens" and fraction == max(a.fractions):
                     export_model, export_metrics = model, metrics
             barrier()
     if dist.is_main:
         export_model.merge_new_subjects()
         export_model.save_pretrained(out / "export")
         write_json(out / "eval.json", export_metrics)
-        logger.info("exported %s with %s added (token-only, fraction %g) to %s",
-                    recipe.adapt.checkpoint, ", ".join(job.new_ids), max(fractions), out / "export")  # fmt: skip
-        if sweep:
-            if recipe.adapt.reference:
-                reference = load_export(recipe.adapt.reference).eval()
-                n_all = sum(len(s) for s in job.train_sets.values())
-                points.append({"method": "in_pretraining", "fraction": 1.0, "n_train": n_all,
-                               **_pooled(job.test_metrics(reference))})  # fmt: skip
-            write_json(out / "curve.json", points)
-            from mused_fm.report.figures import plot_curve
-
-            plot_curve(points, out / "curve.png", ", ".join(job.new_ids))
-    job.log.close()
+        logger.info(
+            "exported %s with %s added (token-only, fraction %g) to %s",
+            a.checkpoint,
+            ", ".join(new.ids),
+            max(a.fractions),
+            out / "export",
+        )
+        if reference is not None:
+            n_all = sum(len(s) for s in new.train_sets.values())
+            points.append(
+                {"method": "in_pretraining", "fraction": 1.0, "n_train": n_all, **_pooled(new.test_metrics(reference))}
+            )
+        write_json(out / "curve.json", points)
     barrier()
-    return out
+    return AdaptResult(out, points if dist.is_main else [], list(new.ids))

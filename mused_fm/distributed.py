@@ -37,8 +37,10 @@ class DistInfo:
     def is_main(self) -> bool:
         return self.rank == 0
 
-
-SINGLE_PROCESS = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    @classmethod
+    def single(cls, device: torch.device | str = "cpu") -> DistInfo:
+        """A world of one process (evaluation of an export, tests)."""
+        return cls(rank=0, local_rank=0, world_size=1, device=torch.device(device))
 
 
 def barrier() -> None:

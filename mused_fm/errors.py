@@ -6,7 +6,15 @@ as one line (`error: ...`) and exit 2; any other exception is a bug and keeps it
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "InputError", "MusedError", "RecipeError", "ShardSchemaError", "UnknownSubjectError"]
+__all__ = [
+    "CheckpointError",
+    "InputError",
+    "MissingFileError",
+    "MusedError",
+    "RecipeError",
+    "ShardSchemaError",
+    "UnknownSubjectError",
+]
 
 
 class MusedError(ValueError):
@@ -31,3 +39,7 @@ class CheckpointError(MusedError):
 
 class InputError(MusedError):
     """Other bad input: a missing file, arguments that contradict each other, an empty selection."""
+
+
+class MissingFileError(MusedError, FileNotFoundError):
+    """A file or directory the input names does not exist (also a FileNotFoundError, for callers that catch OSError)."""

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from mused_fm.subject_ids import dataset_of
+
 __all__ = ["average_precision", "grouped_metrics", "multilabel_metrics", "roc_auc"]
 
 
@@ -102,10 +104,10 @@ def grouped_metrics(
         rows = ids == sid
         subjects[sid] = {**multilabel_metrics(probs[rows], targets[rows], threshold), "n": int(rows.sum())}
     datasets: dict[str, dict] = {}
-    names = np.asarray([s.split("/", 1)[0] for s in ids.tolist()])
+    names = np.asarray([dataset_of(s) for s in ids.tolist()])
     for name in dict.fromkeys(names.tolist()):
         rows = names == name
-        members = [m for sid, m in subjects.items() if sid.split("/", 1)[0] == name]
+        members = [m for sid, m in subjects.items() if dataset_of(sid) == name]
         datasets[name] = {
             **multilabel_metrics(probs[rows], targets[rows], threshold),
             "n": int(rows.sum()),

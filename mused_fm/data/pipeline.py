@@ -34,10 +34,10 @@ import webdataset as wds
 
 import mused_fm.data.s3  # noqa: F401  (registers the s3:// opener in this process and in workers)
 from mused_fm.data import storage
-from mused_fm.data.manifest import read_manifest, shard_url
-from mused_fm.data.schema import ShardSchemaError
+from mused_fm.data.manifest import Manifest
 from mused_fm.data.tarfiles import decode_block, iter_raw_records
-from mused_fm.model.registry import UnknownSubjectError
+from mused_fm.errors import ShardSchemaError, UnknownSubjectError
+from mused_fm.subject_ids import global_id
 
 __all__ = ["DatasetStream", "eval_batches", "split_batch", "train_loader"]
 
@@ -68,34 +68,49 @@ def split_batch(total: int, weights: Mapping[str, float]) -> dict[str, int]:
 
 
 class DatasetStream:
-    """What the pipeline needs of one dataset's shard set: shard URLs, subject rows and volume masks."""
+    """What the pipeline needs of one dataset's shard set: its manifest, subject rows and volume masks.
 
-    def __init__(self, name: str, url: str, subject_rows: Mapping[str, int], subjects: list[str] | None = None):
-        self.name, self.url = name, str(url).rstrip("/")
-        self.manifest = read_manifest(self.url)
-        self.info = self.manifest["info"]
-        known = self.manifest["subjects"]
-        wanted = [f"{name}/{s}" for s in subjects] if subjects else list(known)
-        missing = [s for s in wanted if s not in known]
-        if missing:
-            raise ValueError(f"data.datasets.{name}.subjects lists {missing}, which {self.url}/manifest.json lacks "
-                             f"(it has {', '.join(known)}).")  # fmt: skip
+    Args:
+        manifest: the shard set (`Manifest.read(url)`).
+        subject_rows: global subject id -> row of the model's token table (a model's `registry.row_of`).
+        subjects: subject names within the dataset (subj01); None: every subject of the manifest.
+        key: what chose `subjects` (a recipe key, a flag), named when one is not in the manifest.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        subject_rows: Mapping[str, int],
+        subjects: list[str] | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.manifest, self.name, self.url = manifest, manifest.dataset, manifest.url
+        self.info = manifest.info
+        wanted = [global_id(self.name, s) for s in subjects] if subjects else list(manifest.subjects)
+        manifest.require_subjects(wanted, key or f"data.datasets.{self.name}.subjects")
         self.subjects = wanted
-        self.rows = dict(subject_rows)
+        self.rows = dict(subject_rows)  # a plain dict: spawned DataLoader workers receive the stream pickled
         self.masks: dict[str, np.ndarray] = {}
-        if self.info["kind"] == "volume":  # masked vectors go back into the grid: one shape for all subjects
+        if manifest.kind == "volume":  # masked vectors go back into the grid: one shape for all subjects
             for sid in wanted:
-                with np.load(io.BytesIO(storage.read_bytes(storage.join(self.url, known[sid]["preproc"])))) as f:
+                with np.load(io.BytesIO(storage.read_bytes(manifest.preproc_url(sid)))) as f:
                     self.masks[sid] = np.flatnonzero(f["mask"].ravel())
+
+    @classmethod
+    def open(cls, url: str, subject_rows: Mapping[str, int], subjects: list[str] | None = None) -> DatasetStream:
+        """The shard set at `url` (folder or s3:// prefix): reads its manifest."""
+        return cls(Manifest.read(url), subject_rows, subjects)
 
     def shards(self, split: str) -> list[dict]:
         """Manifest entries of the split's shards of the chosen subjects."""
-        return [s for s in self.manifest["shards"] if s["split"] == split and s["subject"] in self.subjects]
+        return self.manifest.shards(split, self.subjects)
 
     def shard_urls(self, split: str) -> list[str]:
-        urls = [shard_url(self.url, s) for s in self.shards(split)]
+        urls = [self.manifest.shard_url(s) for s in self.shards(split)]
         if not urls:
-            raise ValueError(f"{self.url} has no {split!r} shards for {self.subjects}; check the split and subjects.")
+            raise ShardSchemaError(
+                f"{self.url} has no {split!r} shards for {self.subjects}; check the split and subjects."
+            )
         return urls
 
     def count(self, split: str) -> int:

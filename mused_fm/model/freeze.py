@@ -24,6 +24,7 @@ the plain model, or on a consolidated fp32 export.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -35,6 +36,7 @@ __all__ = [
     "freeze_for_new_subjects",
     "num_trainable",
     "snapshot",
+    "train_only",
     "trainable_summary",
     "unfreeze",
 ]
@@ -59,9 +61,18 @@ def freeze_for_new_subjects(model: MusedModel) -> list[nn.Parameter]:
             "the model has no added subjects (subject_tokens.new is None); call model.add_subjects([...]) "
             "first (a model loaded from an export has its subjects folded into subject_tokens.table)."
         )
+    return train_only(model, [tokens.new])
+
+
+def train_only(model: MusedModel, params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    """Make exactly `params` trainable; every module with buffers and no trainable parameter stays in eval.
+
+    Returns the trainable parameters in model order (what the optimizer gets).
+    """
+    chosen = {id(p) for p in params}
     for p in model.parameters():
-        p.requires_grad_(p is tokens.new)
-        if p is not tokens.new:
+        p.requires_grad_(id(p) in chosen)
+        if id(p) not in chosen:
             p.grad = None
     model.keep_eval = tuple(
         name
@@ -70,7 +81,7 @@ def freeze_for_new_subjects(model: MusedModel) -> list[nn.Parameter]:
         and not any(p.requires_grad for p in module.parameters(recurse=False))
     )
     model.train(model.training)  # apply keep_eval now
-    return [tokens.new]
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def unfreeze(model: MusedModel) -> None:

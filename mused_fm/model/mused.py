@@ -34,14 +34,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mused_fm.config import DatasetConfig, ModelConfig, Recipe, RecipeError, recipe_from_dict
+from mused_fm.config import DatasetConfig, ModelConfig, Recipe, recipe_from_dict
+from mused_fm.errors import CheckpointError, MissingFileError, RecipeError, UnknownSubjectError
+from mused_fm.files import atomic_path, write_json
 from mused_fm.model.heads import MultiLabelHead
 from mused_fm.model.registry import SubjectRegistry
 from mused_fm.model.subject_tokens import SubjectTokens, fold_new_rows
 from mused_fm.model.tokenizers import RoiTokenizer, VolumeTokenizer
 from mused_fm.model.transformer import Trunk
+from mused_fm.subject_ids import dataset_of
 
-__all__ = ["MusedModel", "MusedOutput", "build_model"]
+__all__ = ["MusedModel", "MusedOutput", "build_model", "load_export"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -78,16 +81,16 @@ class MusedModel(nn.Module):
     def __init__(self, config: ModelConfig, datasets: Mapping[str, DatasetConfig], registry: SubjectRegistry) -> None:
         super().__init__()
         if not datasets:
-            raise ValueError("MusedModel needs at least one dataset (recipe data.datasets).")
-        missing = sorted({registry.dataset_of(s) for s in registry.ids} - set(datasets))
+            raise RecipeError("MusedModel needs at least one dataset (recipe data.datasets).")
+        missing = sorted({dataset_of(s) for s in registry.ids} - set(datasets))
         if missing:
-            raise ValueError(
+            raise UnknownSubjectError(
                 f"the subject registry has subjects of datasets {missing} that the recipe's data.datasets "
                 f"({sorted(datasets)}) does not define; add them to the recipe."
             )
         unsized = [n for n, ds in datasets.items() if ds.num_classes < 1]
         if unsized:
-            raise ValueError(
+            raise RecipeError(
                 f"data.datasets.{unsized[0]}.num_classes is {datasets[unsized[0]].num_classes}: the model needs the "
                 "class count; the trainer reads it from the shards' manifest, or set it in the recipe."
             )
@@ -129,6 +132,10 @@ class MusedModel(nn.Module):
             self.get_submodule(name).eval()
         return self
 
+    def dataset_parameters(self, dataset: str) -> list[nn.Parameter]:
+        """The parameters only `dataset`'s batches reach: its tokenizer, position table and head."""
+        return [*self.tokenizers[dataset].parameters(), getattr(self.pos, dataset), *self.heads[dataset].parameters()]
+
     def subject_rows(self, subject_ids: Sequence[str], dataset: str | None = None, where: str = "") -> torch.Tensor:
         """Token-table rows (CPU int64, shape (B,)) of global subject ids; unknown ids raise by name.
 
@@ -137,9 +144,9 @@ class MusedModel(nn.Module):
             where: where the ids came from (a shard), quoted in errors.
         """
         if dataset is not None:
-            foreign = sorted({s for s in subject_ids if self.registry.dataset_of(s) != dataset})
+            foreign = sorted({s for s in subject_ids if dataset_of(s) != dataset})
             if foreign:
-                raise ValueError(
+                raise UnknownSubjectError(
                     f"subjects {foreign}{f' (in {where})' if where else ''} are not of dataset "
                     f"{dataset!r}; each batch passed to the model holds one dataset."
                 )
@@ -148,7 +155,7 @@ class MusedModel(nn.Module):
     def _embed(self, bold: torch.Tensor, subject_row_B: torch.Tensor, dataset: str) -> torch.Tensor:
         """z0 = [x_llv(s); x_hlv(s); tokens] + pos: (B, 2 + M, D)."""
         if dataset not in self.tokenizers:
-            raise ValueError(f"the model has no dataset {dataset!r}; it has {sorted(self.tokenizers)}.")
+            raise UnknownSubjectError(f"the model has no dataset {dataset!r}; it has {sorted(self.tokenizers)}.")
         tokens_BMD = self.tokenizers[dataset](bold)
         readout_B2D = self.subject_tokens(subject_row_B)
         return self.pos(torch.cat([readout_B2D.to(tokens_BMD.dtype), tokens_BMD], dim=1), dataset)
@@ -199,10 +206,10 @@ class MusedModel(nn.Module):
             raise ValueError(f"init must be 'mean' or 'random', got {init!r}.")
         SubjectRegistry(new_ids)  # '<dataset>/<name>' form and no id twice, named
         issues = []
-        unknown = sorted({self.registry.dataset_of(s) for s in new_ids} - set(self.tokenizers))
+        unknown = sorted({dataset_of(s) for s in new_ids} - set(self.tokenizers))
         if unknown:
             issues.append(
-                f"subjects {[s for s in new_ids if self.registry.dataset_of(s) in unknown]} belong to datasets "
+                f"subjects {[s for s in new_ids if dataset_of(s) in unknown]} belong to datasets "
                 f"{unknown} that the model has no tokenizer and head for; its datasets are {sorted(self.tokenizers)}. "
                 "A new dataset needs its tokenizer and head trained, not only subject tokens."
             )
@@ -213,7 +220,7 @@ class MusedModel(nn.Module):
                 "use ids not yet in the registry, or pass replace=True to re-initialise them as new subjects."
             )
         if issues:
-            raise ValueError(" ".join(issues))
+            raise UnknownSubjectError(" ".join(issues))
         keep_rows = [r for r, s in enumerate(self.registry.ids) if s not in known]
         kept_ids = [self.registry.ids[r] for r in keep_rows]
         tokens = self.subject_tokens
@@ -221,8 +228,8 @@ class MusedModel(nn.Module):
             full = tokens.full_table()  # (N + k_old, S, D)
             init_kSD = torch.empty(len(new_ids), *full.shape[1:], dtype=full.dtype, device=full.device)
             for i, subject_id in enumerate(new_ids):
-                dataset = self.registry.dataset_of(subject_id)
-                same = [r for r, s in zip(keep_rows, kept_ids, strict=True) if self.registry.dataset_of(s) == dataset]
+                dataset = dataset_of(subject_id)
+                same = [r for r, s in zip(keep_rows, kept_ids, strict=True) if dataset_of(s) == dataset]
                 rows = same or keep_rows
                 if init == "mean" and rows:
                     init_kSD[i] = full[rows].mean(0)
@@ -259,9 +266,10 @@ class MusedModel(nn.Module):
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in fold_new_rows(self.state_dict()).items()}
-        _atomic(out / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-        _atomic(out / CONFIG_NAME, lambda p: p.write_text(json.dumps(self.export_config(), indent=1) + "\n"))
-        _atomic(out / REGISTRY_NAME, self.registry.save)
+        with atomic_path(out / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        write_json(out / CONFIG_NAME, self.export_config())
+        self.registry.save(out / REGISTRY_NAME)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> MusedModel:
@@ -269,29 +277,29 @@ class MusedModel(nn.Module):
         src = Path(directory)
         for name in (WEIGHTS_NAME, CONFIG_NAME, REGISTRY_NAME):
             if not (src / name).is_file():
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"{src / name} is missing: {src} is not a MusedModel export (expected {WEIGHTS_NAME}, "
                     f"{CONFIG_NAME} and {REGISTRY_NAME}); point to a run's export/ directory."
                 )
         config = json.loads((src / CONFIG_NAME).read_text())
         if config.get("format") != EXPORT_FORMAT:
-            raise ValueError(
+            raise CheckpointError(
                 f"{src / CONFIG_NAME}: export format {config.get('format')!r} is not the "
                 f"supported {EXPORT_FORMAT}; re-export the model with this version."
             )
         try:
             recipe = recipe_from_dict({"model": config["model"], "data": config["data"]}, source=str(src / CONFIG_NAME))
         except RecipeError as err:
-            raise ValueError(f"{err}\n(the export was written by another version of mused_fm)") from None
+            raise CheckpointError(f"{err}\n(the export was written by another version of mused_fm)") from None
         model = cls(recipe.model, recipe.data.datasets, SubjectRegistry.load(src / REGISTRY_NAME))
         model.load_state_dict(load_file(str(src / WEIGHTS_NAME)), strict=True)
         return model.to(map_location)
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    tmp.replace(path)
+def load_export(path: str | os.PathLike) -> MusedModel:
+    """A MusedModel from an export directory, or from a run directory's export/."""
+    path = Path(path)
+    return MusedModel.from_pretrained(path / "export" if (path / "export").is_dir() else path)
 
 
 def build_model(recipe: Recipe, subject_ids: Sequence[str] | None = None) -> MusedModel:
@@ -303,7 +311,7 @@ def build_model(recipe: Recipe, subject_ids: Sequence[str] | None = None) -> Mus
     """
     ids = list(subject_ids) if subject_ids is not None else recipe.subject_ids()
     if not ids:
-        raise ValueError(
+        raise RecipeError(
             "no subjects: list them in the recipe (data.datasets.<name>.subjects=subj01,subj02) or pass "
             "subject_ids= to build_model (the trainer takes them from the shards' manifest.json)."
         )

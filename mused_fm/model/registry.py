@@ -8,16 +8,17 @@ ValueError that names it, instead of an opaque out-of-range index inside a kerne
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 
+from mused_fm.errors import CheckpointError, UnknownSubjectError
+from mused_fm.files import write_json
+from mused_fm.subject_ids import dataset_of, split_id
+
 __all__ = ["SubjectRegistry", "UnknownSubjectError"]
-
-
-class UnknownSubjectError(ValueError):
-    """A subject id is not in the model's registry."""
 
 
 class SubjectRegistry:
@@ -25,12 +26,12 @@ class SubjectRegistry:
 
     def __init__(self, subject_ids: Iterable[str]) -> None:
         self.ids: list[str] = list(subject_ids)
-        bad = [s for s in self.ids if s.count("/") < 1 or s.startswith("/") or s.endswith("/")]
+        bad = [s for s in self.ids if not _well_formed(s)]
         if bad:
-            raise ValueError(f"subject ids must look like '<dataset>/<name>' (e.g. 'nsd/subj01'), got {bad}.")
+            raise UnknownSubjectError(f"subject ids must look like '<dataset>/<name>' (e.g. 'nsd/subj01'), got {bad}.")
         dupes = sorted({s for s in self.ids if self.ids.count(s) > 1})
         if dupes:
-            raise ValueError(f"subject ids must be unique; listed more than once: {dupes}.")
+            raise UnknownSubjectError(f"subject ids must be unique; listed more than once: {dupes}.")
         self._row = {s: i for i, s in enumerate(self.ids)}
 
     def __len__(self) -> int:
@@ -45,12 +46,14 @@ class SubjectRegistry:
     def __repr__(self) -> str:
         return f"SubjectRegistry({self.ids})"
 
-    def dataset_of(self, subject_id: str) -> str:
-        return subject_id.split("/", 1)[0]
+    @property
+    def row_of(self) -> Mapping[str, int]:
+        """Read-only map of global subject id -> row of the token table (what the data pipeline reads)."""
+        return MappingProxyType(self._row)
 
     def datasets(self) -> list[str]:
         """Dataset names in order of first appearance."""
-        return list(dict.fromkeys(self.dataset_of(s) for s in self.ids))
+        return list(dict.fromkeys(dataset_of(s) for s in self.ids))
 
     def rows(self, subject_ids: Sequence[str], where: str = "") -> torch.Tensor:
         """Rows of the token table for `subject_ids`, as a CPU int64 tensor of shape (B,).
@@ -73,11 +76,19 @@ class SubjectRegistry:
         return SubjectRegistry([*self.ids, *new_ids])
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"subjects": self.ids}, indent=1) + "\n")
+        write_json(path, {"subjects": self.ids})
 
     @classmethod
     def load(cls, path: str | Path) -> SubjectRegistry:
         data = json.loads(Path(path).read_text())
         if not isinstance(data, dict) or not isinstance(data.get("subjects"), list):
-            raise ValueError(f"{path}: expected {{'subjects': [ids...]}}, got {str(data)[:80]!r}.")
+            raise CheckpointError(f"{path}: expected {{'subjects': [ids...]}}, got {str(data)[:80]!r}.")
         return cls(data["subjects"])
+
+
+def _well_formed(subject_id: str) -> bool:
+    try:
+        split_id(subject_id)
+    except ValueError:
+        return False
+    return True

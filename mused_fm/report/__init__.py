@@ -15,11 +15,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mused_fm.config import load_recipe
 from mused_fm.data.pipeline import DatasetStream
-from mused_fm.evaluate import evaluate_streams, json_safe, load_export, open_for_model, write_json
+from mused_fm.evaluate import evaluate_streams, open_for_model
+from mused_fm.files import json_safe, write_json, write_text
+from mused_fm.model import load_export
 from mused_fm.report import analysis, figures, markdown
 from mused_fm.report.inputs import ABLATIONS, BASELINES, ReportInputs, find_inputs, read_metrics
 
@@ -42,8 +43,10 @@ def _streams(recipe, model, shard_urls: list[str], notes: list[str]) -> dict[str
         try:
             stream = open_for_model(model, url)
         except (OSError, ValueError, KeyError) as err:
-            notes.append(f"The shards at {url} could not be read, so the sections that need test samples "
-                         f"skip {name or 'them'}: {err}. Pass `--shards` to point at them.")  # fmt: skip
+            notes.append(
+                f"The shards at {url} could not be read, so the sections that need test samples "
+                f"skip {name or 'them'}: {err}. Pass `--shards` to point at them."
+            )
             continue
         stream.subjects = [s for s in stream.subjects if s in model.registry]
         if stream.subjects and stream.name not in streams:
@@ -95,7 +98,7 @@ def write_report(root: str | Path, shards: list[str] = (), attention_samples: in
     main = inputs.eval
     if main is None and streams:
         logger.info("no eval.json beside the run: evaluating its export on the test split")
-        main = json_safe(evaluate_streams(model, streams, "test", 256, torch.device("cpu")))
+        main = json_safe(evaluate_streams(model, streams, "test", 256))
         write_json(out / "eval.json", main)
     datasets = list(model.datasets)
     cfg = model.config
@@ -158,7 +161,5 @@ def write_report(root: str | Path, shards: list[str] = (), attention_samples: in
     if notes:
         sections.append("\n".join(["## Notes", "", *(f"- {n}" for n in notes)]))
     path = out / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n\n".join(sections) + "\n")
-    tmp.replace(path)
+    write_text(path, "\n\n".join(sections) + "\n")
     return path

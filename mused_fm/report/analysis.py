@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from mused_fm.data.pipeline import DatasetStream, eval_batches
+from mused_fm.evaluate import evaluate_streams
+from mused_fm.files import json_safe
 from mused_fm.model import MusedModel
 
 __all__ = ["chance_map", "readout_attention_by_subject", "token_names", "token_reliance", "token_similarity"]
@@ -108,12 +110,9 @@ def token_reliance(model: MusedModel, streams: dict[str, DatasetStream], split: 
 
     Returns {"own", "mean", "swapped"}, each an evaluate_streams dict, or None without per-subject tokens.
     """
-    from mused_fm.evaluate import evaluate_streams, json_safe
-
     if model.subject_tokens.full_table() is None:
         return None
     model = model.eval()
-    device = torch.device("cpu")
     perm = torch.arange(len(model.registry))
     averaged = copy.deepcopy(model)
     table = averaged.subject_tokens.table  # from_pretrained holds every row in `table`
@@ -127,5 +126,5 @@ def token_reliance(model: MusedModel, streams: dict[str, DatasetStream], split: 
         ("mean", averaged),
         ("swapped", lambda bold, rows, ds: model(bold, perm[rows], ds)),
     ):
-        out[name] = json_safe(evaluate_streams(forward, streams, split, 256, device))
+        out[name] = json_safe(evaluate_streams(forward, streams, split, 256))
     return out

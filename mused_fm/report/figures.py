@@ -14,6 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from mused_fm.files import atomic_path
+from mused_fm.subject_ids import dataset_of
+
 __all__ = [
     "plot_attention",
     "plot_comparison",
@@ -32,12 +35,10 @@ DATASET_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brow
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:  # keeps the .png suffix, which savefig reads the format from
+        fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def plot_curve(points: list[dict], path: Path, subjects: str) -> None:
@@ -84,8 +85,8 @@ def plot_training(train: Sequence[dict], val: Sequence[dict], datasets: Sequence
 def plot_subject_metrics(subjects: Mapping[str, Mapping[str, float]], path: Path) -> None:
     """Bars of test mAP, AUC and Hamming per subject, coloured by dataset."""
     ids = list(subjects)
-    datasets = list(dict.fromkeys(s.split("/", 1)[0] for s in ids))
-    colors = [DATASET_COLORS[datasets.index(s.split("/", 1)[0]) % len(DATASET_COLORS)] for s in ids]
+    datasets = list(dict.fromkeys(dataset_of(s) for s in ids))
+    colors = [DATASET_COLORS[datasets.index(dataset_of(s)) % len(DATASET_COLORS)] for s in ids]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=120)
     for ax, key in zip(axes, ("mAP", "AUC", "hamming"), strict=True):
         values = [np.nan if subjects[s].get(key) is None else subjects[s][key] for s in ids]

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mused_fm.errors import MissingFileError
+
 __all__ = ["ABLATIONS", "BASELINES", "ReportInputs", "find_inputs", "read_metrics"]
 
 # Variant directory under compare/ -> the paper's name (comparison) or what it leaves out (ablation).
@@ -43,7 +45,7 @@ def read_metrics(run: Path) -> tuple[list[dict], list[dict]]:
     train, val = [], []
     path = run / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: is {run} a run directory (run.out_dir of a training run)?")
+        raise MissingFileError(f"{path} does not exist: is {run} a run directory (run.out_dir of a training run)?")
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
@@ -81,12 +83,12 @@ def find_inputs(root: str | Path) -> ReportInputs:
     root = Path(root)
     run = root / "run" if (root / "run" / "config.yaml").is_file() else root
     if not (run / "config.yaml").is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{root} is neither a run directory (config.yaml, metrics.jsonl, export/) nor a `make demo` directory "
             "(run/ inside); pass the run.out_dir of a training run."
         )
     if not (run / "export").is_dir():
-        raise FileNotFoundError(f"{run}/export does not exist: the run has not finished (rerun its training command).")
+        raise MissingFileError(f"{run}/export does not exist: the run has not finished (rerun its training command).")
     eval_json = _json(root / "eval.json") or _json(run / "eval.json")
     adapts = {p.parent: json.loads(p.read_text()) for p in sorted(root.glob("adapt*/curve.json"))}
     variants, missing = _variants(root / "compare")

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from mused_fm.subject_ids import dataset_of
+
 __all__ = [
     "ablation",
     "attention",
@@ -23,7 +25,7 @@ __all__ = [
     "training",
 ]
 
-EARLY_ROIS = ("V1", "V2", "V3")  # the paper's low-level areas; the simulated cohort tunes them to low-level features
+EARLY_ROIS = ("V1", "V2", "V3")  # early visual cortex: where the paper expects the low-level token to look
 PAPER_ORDER = ("CLIP-MUSED", "MS-EMB", "MS-SMODEL")
 STYLE_NAMES = {"full": "Full fine-tuning", "scratch": "A single-subject model from scratch"}
 
@@ -43,7 +45,7 @@ def subject_mean_map(subject_metrics: Mapping[str, Mapping], dataset: str, only:
     values = [
         m["mAP"]
         for s, m in subject_metrics.items()
-        if s.split("/", 1)[0] == dataset and (only is None or s in only) and m.get("mAP") is not None
+        if dataset_of(s) == dataset and (only is None or s in only) and m.get("mAP") is not None
     ]
     return float(np.mean(values)) if values else float("nan")
 
@@ -79,7 +81,7 @@ def subjects(metrics: dict, chance: Mapping[str, float]) -> str:
     rows += [[sid, str(m["n"]), m["mAP"], m["AUC"], m["hamming"]] for sid, m in metrics["subjects"].items()]
     sentences = []
     for name, d in metrics["datasets"].items():
-        own = [m["mAP"] for s, m in metrics["subjects"].items() if s.split("/", 1)[0] == name and m["mAP"] is not None]
+        own = [m["mAP"] for s, m in metrics["subjects"].items() if dataset_of(s) == name and m["mAP"] is not None]
         sentences.append(
             f"{name}: test mAP {_f(d['mAP'])} pooled over {d['n']} samples, {_f(d['subject_mean']['mAP'])} averaged "
             f"over {len(own)} subjects (range {_f(min(own))}-{_f(max(own))}); AUC {_f(d['AUC'])}, Hamming "
@@ -130,7 +132,7 @@ def comparison(
                 f"Why not on {d}: the trained CLIP-MUSED model decodes {d} as well with the mean token as with each "
                 f"subject's own ({effect:+.3f}), so subject information is not used there and the three variants "
                 "differ by training noise. That is expected where subjects' inputs share one space and most of their "
-                "functional layout (as the simulated cohort's HCP volumes do: one MNI grid, a cohort template)."
+                "functional layout, so that one input-to-label map serves every subject."
             )
     return "\n".join(
         [
@@ -230,10 +232,10 @@ def attention(maps: Mapping[str, dict]) -> str:
 def token_similarity(sim: dict, added: Sequence[str] = ()) -> str:
     """`added`: subjects fitted afterwards by token-only adaptation (named, they are in the matrices)."""
     ids = sim["ids"]
-    datasets = list(dict.fromkeys(s.split("/", 1)[0] for s in ids))
+    datasets = list(dict.fromkeys(dataset_of(s) for s in ids))
     parts = []
     for d in datasets:
-        idx = [i for i, s in enumerate(ids) if s.split("/", 1)[0] == d]
+        idx = [i for i, s in enumerate(ids) if dataset_of(s) == d]
         if len(idx) < 2:
             continue
         off = ~np.eye(len(idx), dtype=bool)

@@ -24,9 +24,12 @@ from pathlib import Path
 import torch
 
 from mused_fm.config import Recipe, save_recipe
+from mused_fm.data.manifest import Manifest
 from mused_fm.data.pipeline import split_batch, train_loader
 from mused_fm.distributed import DistInfo, barrier, broadcast_value, mean_over_ranks, sum_over_ranks
+from mused_fm.errors import UnknownSubjectError
 from mused_fm.evaluate import evaluate_streams, mean_map
+from mused_fm.files import write_json
 from mused_fm.flops import count_flops, matmul_peak_flops
 from mused_fm.losses import LossTerms
 from mused_fm.model import MusedModel, SubjectRegistry, build_model
@@ -52,7 +55,7 @@ def _registry(out_dir: Path, subject_ids: list[str]) -> SubjectRegistry:
     if saved.ids != subject_ids:
         added = [s for s in subject_ids if s not in saved]
         dropped = [s for s in saved.ids if s not in subject_ids]
-        raise ValueError(
+        raise UnknownSubjectError(
             f"{out_dir} was trained with subjects {saved.ids}; this recipe and its shards give {subject_ids} "
             f"(new: {added}, gone: {dropped}). Resume with the same subjects, use another run.out_dir, or add "
             "subjects to a trained model with launch/adapt_subject.py."
@@ -74,21 +77,19 @@ def _flops_per_step(model: MusedModel, sizes: dict[str, int]) -> float:
     model.eval()  # no BatchNorm statistics move
     with torch.no_grad():
         for name, spec in model.datasets.items():
-            shape = (spec.num_rois, spec.roi_dim) if spec.input == "roi" else tuple(spec.volume_shape)
-            bold, rows = torch.zeros(1, *shape), torch.zeros(1, dtype=torch.long)
+            bold, rows = torch.zeros(1, *spec.input_shape), torch.zeros(1, dtype=torch.long)
             total += 3 * sizes[name] * count_flops(lambda: model(bold, rows, name))  # noqa: B023
     model.train()
     return total
 
 
 class _Trainer:
-    def __init__(self, recipe: Recipe, subject_ids: list[str], dist: DistInfo) -> None:
-        """recipe: resolved against the shards (resolve_datasets); subject_ids: theirs."""
+    def __init__(self, recipe: Recipe, subject_ids: list[str], manifests: dict[str, Manifest], dist: DistInfo) -> None:
+        """recipe, subject_ids, manifests: resolved against the shards (resolve_datasets)."""
         self.dist, self.recipe = dist, recipe
         self.out = Path(recipe.run.out_dir)
         self.registry = _registry(self.out, subject_ids)
-        rows = {s: i for i, s in enumerate(self.registry.ids)}
-        self.streams = open_streams(self.recipe, rows, self.registry.ids)
+        self.streams = open_streams(manifests, self.registry.row_of, self.registry.ids)
         t = self.recipe.train
         self.sizes = split_batch(t.micro_batch_size, {n: ds.weight for n, ds in self.recipe.data.datasets.items()})
 
@@ -106,7 +107,7 @@ class _Trainer:
             save_recipe(self.recipe, self.out / "config.yaml")
             self.registry.save(self.out / "registry.json")
             info = run_info(dist.world_size, self.engine.stage, self.engine.precision, dist.device, DEEPSPEED_VERSION)
-            (self.out / "run_info.json").write_text(json.dumps(info, indent=1) + "\n")
+            write_json(self.out / "run_info.json", info)
             self._drop_stale_best()
             if self.start:
                 logger.info("resuming from %s/%s/step%d (step %d of %d); the data stream restarts with a new seed",
@@ -196,9 +197,14 @@ class _Trainer:
             return
         self.engine.train(False)
         metrics = evaluate_streams(
-            self.engine.module.model, streams, "val", self.recipe.train.micro_batch_size, self.dist.device,
-            self.engine.dtype, self.dist.rank, self.dist.world_size, pad=self.engine.stage == 3,
-        )  # fmt: skip
+            self.engine.module.model,
+            streams,
+            "val",
+            self.recipe.train.micro_batch_size,
+            self.dist,
+            self.engine.dtype,
+            pad=self.engine.stage == 3,
+        )
         self.engine.train(True)
         score = broadcast_value(mean_map(metrics) if self.dist.is_main else 0.0)
         improved = score > self.best["mAP"]
@@ -206,7 +212,7 @@ class _Trainer:
             self.best = {"step": step, "mAP": score}
             self._export(self.out / BEST)
             if self.dist.is_main:
-                (self.out / BEST / "best.json").write_text(json.dumps(self.best) + "\n")
+                write_json(self.out / BEST / "best.json", self.best)
         if self.dist.is_main:
             self.log.write({"step": step, "split": "val", "best": improved, **metrics})
             summary = ", ".join(f"{n} mAP {m['mAP']:.3f}" for n, m in metrics["datasets"].items())
@@ -225,6 +231,6 @@ class _Trainer:
 
 def train(recipe: Recipe) -> Path:
     """Train (or resume) the run the recipe describes; returns run_dir/export on every rank."""
-    recipe, subject_ids = resolve_datasets(recipe)  # recipe/shard mismatches fail before any rendezvous
+    recipe, subject_ids, manifests = resolve_datasets(recipe)  # recipe/shard mismatches fail before any rendezvous
     dist = init_distributed()
-    return _Trainer(recipe, subject_ids, dist).run()
+    return _Trainer(recipe, subject_ids, manifests, dist).run()

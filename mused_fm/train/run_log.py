@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from mused_fm.config import Recipe, recipe_to_dict
-from mused_fm.evaluate import json_safe
+from mused_fm.files import dumps_json, json_safe, write_text
 from mused_fm.machine import device_info, git_commit
 
 __all__ = ["RunLog", "run_info"]
@@ -83,7 +83,7 @@ class RunLog:
         """One wandb run per run directory, kept across resumes (stored beside the metrics)."""
         path = self.out_dir / "wandb_id.txt"
         if not path.exists():
-            path.write_text(uuid.uuid4().hex[:12] + "\n")
+            write_text(path, uuid.uuid4().hex[:12] + "\n")
         return path.read_text().strip()
 
     def _truncate_after(self, step: int) -> None:
@@ -92,16 +92,14 @@ class RunLog:
         kept = [
             line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
         ]
-        tmp = self.path.with_name(f".{METRICS}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.path)
+        write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.is_main:
             return
         record = json_safe(record)
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(dumps_json(record, indent=None))
         if self.wandb is not None:
             self.wandb.log(_flatten(record), step=record["step"])
 
