@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from train_helpers import ROOT, child_env, deepspeed_run, pack_cohort, write_recipe
@@ -30,15 +31,22 @@ def base(tmp_path_factory) -> dict[str, Path]:
     cohort = pack_cohort(tmp)
     run = tmp / "run"
     recipe = write_recipe(tmp / "r.yaml", cohort, run, train={"max_steps": 20, "eval_every": 20, "save_every": 20})
-    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), str(recipe)], cwd=ROOT,
-                          env=child_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "train.py"), str(recipe)],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {**cohort, "export": run / "export"}
 
 
 def adapt(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ADAPT), *args], cwd=ROOT, env=child_env(), capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(ADAPT), *args], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def assert_only_new_row_changed(base_export: Path, adapted_export: Path, n_new: int = 1) -> None:
@@ -56,19 +64,45 @@ def assert_only_new_row_changed(base_export: Path, adapted_export: Path, n_new: 
 
 def test_token_only_adaptation_changes_nothing_else(base, tmp_path):
     out = tmp_path / "a"
-    proc = adapt("--checkpoint", str(base["export"]), "--shards", str(base["nsd"]), "--subjects", "nsd/subj04",
-                 "--out", str(out), "train.max_steps=30", "train.eval_every=10")  # fmt: skip
+    proc = adapt(
+        "--checkpoint",
+        str(base["export"]),
+        "--shards",
+        str(base["nsd"]),
+        "--subjects",
+        "nsd/subj04",
+        "--out",
+        str(out),
+        "train.max_steps=30",
+        "train.eval_every=10",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "subject_tokens.new (1, 2, 32) = 64 of" in proc.stderr  # 2 x D trainable numbers, said in the log
     assert_only_new_row_changed(base["export"], out / "export")
     registry = json.loads((out / "export" / "registry.json").read_text())["subjects"]
-    assert registry[-1] == "nsd/subj04" and registry[:-1] == json.loads(
-        (base["export"] / "registry.json").read_text())["subjects"]  # fmt: skip
+    assert (
+        registry[-1] == "nsd/subj04"
+        and registry[:-1] == json.loads((base["export"] / "registry.json").read_text())["subjects"]
+    )
     assert set(json.loads((out / "eval.json").read_text())["subjects"]) == {"nsd/subj04"}
     # launch/evaluate.py scores the adapted subject like any other
-    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "evaluate.py"), "--checkpoint", str(out / "export"),
-                           "--shards", str(base["nsd"]), "--json", str(tmp_path / "e.json")],
-                          cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "launch" / "evaluate.py"),
+            "--checkpoint",
+            str(out / "export"),
+            "--shards",
+            str(base["nsd"]),
+            "--json",
+            str(tmp_path / "e.json"),
+        ],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "nsd/subj04" in json.loads((tmp_path / "e.json").read_text())["subjects"]
 
@@ -76,10 +110,17 @@ def test_token_only_adaptation_changes_nothing_else(base, tmp_path):
 def test_two_rank_adaptation_through_the_recipe(base, tmp_path):
     """Two DeepSpeed ranks under ZeRO-1, the stage whose checkpoint export silently drops frozen weights."""
     out = tmp_path / "a"
-    proc = deepspeed_run(ROOT / "recipes" / "new_subject.yaml", f"adapt.checkpoint={base['export']}",
-                         f"adapt.shards={base['nsd']}", "adapt.subjects=nsd/subj04", f"adapt.out={out}",
-                         "train.max_steps=20", "train.eval_every=10", "deepspeed.zero_optimization.stage=1",
-                         script=ADAPT)  # fmt: skip
+    proc = deepspeed_run(
+        ROOT / "recipes" / "new_subject.yaml",
+        f"adapt.checkpoint={base['export']}",
+        f"adapt.shards={base['nsd']}",
+        "adapt.subjects=nsd/subj04",
+        f"adapt.out={out}",
+        "train.max_steps=20",
+        "train.eval_every=10",
+        "deepspeed.zero_optimization.stage=1",
+        script=ADAPT,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert_only_new_row_changed(base["export"], out / "export")
 
@@ -93,8 +134,17 @@ def test_sweep_writes_the_curve_with_all_methods(base, tmp_path):
     ref = tmp_path / "ref"
     assert adapt(*common, "--out", str(ref), "train.max_steps=5", "train.eval_every=5").returncode == 0
     out = tmp_path / "sweep"
-    proc = adapt(*common, "--fractions", "0.5,1.0", "--reference", str(ref / "export"), "--out", str(out),
-                 "train.max_steps=10", "train.eval_every=5")  # fmt: skip
+    proc = adapt(
+        *common,
+        "--fractions",
+        "0.5,1.0",
+        "--reference",
+        str(ref / "export"),
+        "--out",
+        str(out),
+        "train.max_steps=10",
+        "train.eval_every=5",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     points = json.loads((out / "curve.json").read_text())
     got = sorted((p["method"], p["fraction"]) for p in points)
@@ -105,6 +155,13 @@ def test_sweep_writes_the_curve_with_all_methods(base, tmp_path):
     assert 0 < n_train[0.5] < n_train[1.0]
     assert all(0 <= p["mAP"] <= 1 for p in points)
     assert (out / "curve.png").stat().st_size > 1000
+    for method in ("tokens", "scratch", "full"):  # each run its own records, each step once
+        for fraction in (0.5, 1.0):
+            lines = (out / "runs" / f"{method}_f{fraction:g}" / "metrics.jsonl").read_text().splitlines()
+            steps = [json.loads(line)["step"] for line in lines]
+            assert steps and steps == sorted(set(steps)), (method, fraction, steps)
+    saved = yaml.safe_load((out / "config.yaml").read_text())  # the resolved adaptation recipe
+    assert saved["adapt"]["fractions"] == [0.5, 1.0] and "model" not in saved and "data" not in saved
     assert_only_new_row_changed(base["export"], out / "export")
 
 

@@ -1,5 +1,5 @@
 """`make demo` end to end at a small size (the `test` preset, a few dozen steps), S3 path included, and
-`make demo-compare` with one variant of each kind: what DESIGN section 11 says they leave."""
+`make demo-compare` with one variant of each kind: what the README says they leave."""
 
 from __future__ import annotations
 
@@ -69,10 +69,15 @@ def test_make_demo_leaves_what_design_says(tmp_path):
         assert {p["fraction"] for p in curve if p["method"] == "tokens"} == {0.25, 1.0}
 
     report = (demo / "report" / "report.md").read_text()
-    headings = ("Training and validation", "Test metrics per subject", "Does the model use its subject tokens",
-                "Attention of the subject tokens over ROIs", "Similarity of subject tokens",
-                "New subject: data efficiency (hcp/102816, adapt/)",
-                "New subject: data efficiency (nsd/subj05, adapt_nsd/)")  # fmt: skip
+    headings = (
+        "Training and validation",
+        "Test metrics per subject",
+        "Does the model use its subject tokens",
+        "Attention of the subject tokens over ROIs",
+        "Similarity of subject tokens",
+        "New subject: data efficiency (hcp/102816, adapt/)",
+        "New subject: data efficiency (nsd/subj05, adapt_nsd/)",
+    )
     for heading in headings:
         assert f"## {heading}" in report
     for png in re.findall(r"\]\((\w+\.png)\)", report):
@@ -88,14 +93,22 @@ def test_make_demo_leaves_what_design_says(tmp_path):
     for name, d in evaluation["datasets"].items():
         assert computed["datasets"][name]["mAP"] == pytest.approx(d["mAP"], abs=1e-6)
 
-    compare = make("demo-compare", demo, timeout=900, COMPARE_RUNS="ms_emb no_orth", SS_NSD="subj01", SS_HCP="100610",
-                   DEMO_ARGS=SMALL["DEMO_ARGS"].replace("max_steps=30", "max_steps=10"))  # fmt: skip
+    compare = make(
+        "demo-compare",
+        demo,
+        timeout=900,
+        COMPARE_RUNS="ms_emb no_orth",
+        SS_NSD="subj01",
+        SS_HCP="100610",
+        DEMO_ARGS=SMALL["DEMO_ARGS"].replace("max_steps=30", "max_steps=10"),
+    )
     assert compare.returncode == 0, compare.stdout[-3000:] + compare.stderr[-3000:]
     for variant in ("ms_emb", "no_orth", "ss_vit/nsd_subj01", "ss_vit/hcp_100610"):
         assert json.loads((demo / "compare" / variant / "eval.json").read_text())["subjects"], variant
     ss_config = yaml.safe_load((demo / "compare" / "ss_vit" / "nsd_subj01" / "config.yaml").read_text())
     assert list(ss_config["data"]["datasets"]) == ["nsd"] and ss_config["data"]["datasets"]["nsd"]["subjects"] == [
-        "subj01"]  # fmt: skip
+        "subj01"
+    ]
     assert yaml.safe_load((demo / "compare" / "ms_emb" / "config.yaml").read_text())["model"]["subject_tokens"] == "one"
     report = (demo / "report" / "report.md").read_text()
     assert "## The paper's comparison" in report and "## Loss ablation" in report

@@ -30,8 +30,13 @@ def _batches(model) -> dict:
     out = {}
     for i, (name, ids) in enumerate(SUBJECTS.items()):
         b = make_batch(model, name, ids, seed=i)
-        out[name] = {"bold": b["bold"].double(), "subject_row": b["rows"], "labels": b["labels"],
-                     "clip_llv": b["clip_llv"].double(), "clip_hlv": b["clip_hlv"].double()}  # fmt: skip
+        out[name] = {
+            "bold": b["bold"].double(),
+            "subject_row": b["rows"],
+            "labels": b["labels"],
+            "clip_llv": b["clip_llv"].double(),
+            "clip_hlv": b["clip_hlv"].double(),
+        }
     return out
 
 
@@ -41,8 +46,12 @@ def _two_ranks(scope: str, tmp_path) -> tuple[dict, dict, dict]:
     model = build_model(recipe_from_dict(recipe)).double()
     batches = _batches(model)
     out = tmp_path / f"{scope}.pt"
-    mp.start_processes(global_rsa_rank, args=(2, free_port(), batches, model.state_dict(), recipe, str(out)),
-                       nprocs=2, start_method="spawn")  # fmt: skip
+    mp.start_processes(
+        global_rsa_rank,
+        args=(2, free_port(), batches, model.state_dict(), recipe, str(out)),
+        nprocs=2,
+        start_method="spawn",
+    )
     return torch.load(out, weights_only=True), model, batches
 
 
@@ -68,8 +77,10 @@ def test_local_rsa_on_two_ranks_differs_from_the_whole_batch(tmp_path):
 def test_every_parameter_gets_a_gradient_from_one_mixed_step(tiny_model):
     """Each micro-step holds a batch of every dataset, so no parameter sits out (ZeRO needs that)."""
     objective = Objective(tiny_model, recipe_from_dict(TINY).loss)
-    batches = {name: {**b, "subject_row": b.pop("rows")} for name, b in
-               ((n, make_batch(tiny_model, n, ids[:3])) for n, ids in SUBJECTS.items())}  # fmt: skip
+    batches = {
+        name: {**b, "subject_row": b.pop("rows")}
+        for name, b in ((n, make_batch(tiny_model, n, ids[:3])) for n, ids in SUBJECTS.items())
+    }
     loss, terms = objective(batches)
     loss.backward()
     assert set(terms) == {"nsd", "hcp"}

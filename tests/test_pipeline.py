@@ -30,8 +30,9 @@ def written(subject_counts) -> dict[bytes, Sample]:
 
 def test_batches_are_real_samples_with_their_subject_rows(nsd):
     truth = written({"nsd/subj01": 90, "nsd/subj02": 60, "nsd/subj03": 45})
-    loader = train_loader(DatasetStream.open(nsd, ROWS), "train", batch_size=8, epoch_batches=6, seed=0,
-                          num_workers=0, buffer=32)  # fmt: skip
+    loader = train_loader(
+        DatasetStream.open(nsd, ROWS), "train", batch_size=8, epoch_batches=6, seed=0, num_workers=0, buffer=32
+    )
     batches = list(loader)
     assert len(batches) == 6
     for batch in batches:
@@ -52,16 +53,30 @@ def test_every_rank_gets_the_same_number_of_batches(nsd, monkeypatch, num_worker
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        loader = train_loader(DatasetStream.open(nsd, ROWS), "train", batch_size=4, epoch_batches=7, seed=rank,
-                              num_workers=num_workers, buffer=16)  # fmt: skip
+        loader = train_loader(
+            DatasetStream.open(nsd, ROWS),
+            "train",
+            batch_size=4,
+            epoch_batches=7,
+            seed=rank,
+            num_workers=num_workers,
+            buffer=16,
+        )
         counts.append(sum(1 for _ in loader))
         counts.append(sum(1 for _ in loader))  # a second epoch of the same loader
     assert counts == [7, 7, 7, 7]
 
 
 def test_unknown_subject_is_an_error_naming_the_shard(nsd):
-    loader = train_loader(DatasetStream.open(nsd, {"nsd/subj01": 0}), "train", batch_size=4, epoch_batches=20,
-                          seed=0, num_workers=0, buffer=4)  # fmt: skip
+    loader = train_loader(
+        DatasetStream.open(nsd, {"nsd/subj01": 0}),
+        "train",
+        batch_size=4,
+        epoch_batches=20,
+        seed=0,
+        num_workers=0,
+        buffer=4,
+    )
     with pytest.raises(UnknownSubjectError, match=r"shards/subj0[23]-train-\d+\.tar: subject 'nsd/subj0[23]'"):
         list(loader)
 
@@ -79,8 +94,11 @@ def test_corrupt_shard_is_skipped_counted_and_named(nsd, tmp_path, caplog):
 
 
 def test_evaluation_reads_each_sample_exactly_once(nsd):
-    truth = {k: s for k, s in written({"nsd/subj01": 90, "nsd/subj02": 60, "nsd/subj03": 45}).items()
-             if s.meta["split"] == "test"}  # fmt: skip
+    truth = {
+        k: s
+        for k, s in written({"nsd/subj01": 90, "nsd/subj02": 60, "nsd/subj03": 45}).items()
+        if s.meta["split"] == "test"
+    }
     stream = DatasetStream.open(nsd, ROWS)
     seen = [
         row.numpy().tobytes() for rank in (0, 1) for b in eval_batches(stream, "test", 7, rank, 2) for row in b["bold"]
@@ -99,10 +117,26 @@ def test_volume_samples_are_unmasked_into_the_grid(tmp_path):
     with writer.subject("hcp/100610", {}) as sub:
         sub.save_preproc({"mask": mask})
         for i in range(10):
-            meta = {"dataset": "hcp", "subject": "hcp/100610", "site": "hcp", "stimulus": f"t{i}", "split": "test",
-                    "unit": "run4", "index": i, "schema": SCHEMA_VERSION}  # fmt: skip
-            sub.add(Sample(sample_key("hcp", "100610", "run4", i), rng.standard_normal(mask.sum()).astype(np.float16),
-                           np.zeros(11, np.float16), np.zeros(6, np.float16), np.zeros(7, np.uint8), meta))  # fmt: skip
+            meta = {
+                "dataset": "hcp",
+                "subject": "hcp/100610",
+                "site": "hcp",
+                "stimulus": f"t{i}",
+                "split": "test",
+                "unit": "run4",
+                "index": i,
+                "schema": SCHEMA_VERSION,
+            }
+            sub.add(
+                Sample(
+                    sample_key("hcp", "100610", "run4", i),
+                    rng.standard_normal(mask.sum()).astype(np.float16),
+                    np.zeros(11, np.float16),
+                    np.zeros(6, np.float16),
+                    np.zeros(7, np.uint8),
+                    meta,
+                )
+            )
     writer.finish()
     batch = next(eval_batches(DatasetStream.open(str(tmp_path), {"hcp/100610": 4}), "test", 10))
     assert batch["bold"].shape == (10, 3, 4, 5)
@@ -122,7 +156,8 @@ def test_split_batch_follows_the_weights():
 def test_streams_from_s3_with_spawned_workers(s3_bucket):
     url = f"s3://{s3_bucket}/shards/nsd"
     write_set(url, {"nsd/subj01": 40, "nsd/subj02": 40}, maxcount=10)
-    loader = train_loader(DatasetStream.open(url, ROWS), "train", batch_size=4, epoch_batches=5, seed=0,
-                          num_workers=2, buffer=8)  # fmt: skip
+    loader = train_loader(
+        DatasetStream.open(url, ROWS), "train", batch_size=4, epoch_batches=5, seed=0, num_workers=2, buffer=8
+    )
     batches = list(loader)
     assert len(batches) == 5 and all(b["bold"].shape == (4, 3, 5) for b in batches)

@@ -21,8 +21,11 @@ def metrics(**maps: float) -> dict:
 
 
 def test_comparison_states_whether_the_papers_ordering_holds():
-    table = {"MS-SMODEL": {"nsd": 0.30, "hcp": 0.80}, "MS-EMB": {"nsd": 0.32, "hcp": 0.85},
-             "CLIP-MUSED": {"nsd": 0.35, "hcp": 0.84}}  # fmt: skip
+    table = {
+        "MS-SMODEL": {"nsd": 0.30, "hcp": 0.80},
+        "MS-EMB": {"nsd": 0.32, "hcp": 0.85},
+        "CLIP-MUSED": {"nsd": 0.35, "hcp": 0.84},
+    }
     text = markdown.comparison(table, {"nsd": {"MS-EMB": (3, 4)}})
     assert "nsd: CLIP-MUSED 0.350, MS-EMB 0.320, MS-SMODEL 0.300: the paper's ordering holds" in text
     assert "CLIP-MUSED is ahead of MS-EMB on 3 of 4 subjects" in text
@@ -42,8 +45,10 @@ def test_subject_mean_map_averages_subjects_of_one_dataset():
 
 def test_new_subject_verdict_only_at_ten_percent():
     scores = {"AUC": 0.6, "hamming": 0.1}
-    points = [{"method": "tokens", "fraction": 0.1, "n_train": 10, "mAP": 0.27, **scores},
-              {"method": "in_pretraining", "fraction": 1.0, "n_train": 100, "mAP": 0.30, **scores}]  # fmt: skip
+    points = [
+        {"method": "tokens", "fraction": 0.1, "n_train": 10, "mAP": 0.27, **scores},
+        {"method": "in_pretraining", "fraction": 1.0, "n_train": 100, "mAP": 0.30, **scores},
+    ]
     assert "90% of the 0.300" in markdown.new_subject(points, "nsd/subj06")
     assert "target at 10%: at least 90%, met" in markdown.new_subject(points, "nsd/subj06")
     points[0] = {**points[0], "fraction": 0.25}

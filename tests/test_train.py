@@ -39,7 +39,7 @@ def assert_ok(proc: subprocess.CompletedProcess) -> None:
 
 
 def assert_run_dir(run: Path, max_steps: int, world_size: int, stage: int) -> None:
-    """What DESIGN section 11 says a run leaves, with the values this run must have."""
+    """What a run directory holds (README: what a run leaves), with the values this run must have."""
     for name in ("config.yaml", "metrics.jsonl", "run_info.json", "registry.json", "checkpoints/latest"):
         assert (run / name).is_file(), name
     info = json.loads((run / "run_info.json").read_text())
@@ -47,8 +47,11 @@ def assert_run_dir(run: Path, max_steps: int, world_size: int, stage: int) -> No
     records = metrics(run)
     steps = [r["step"] for r in records if "split" not in r]
     assert steps == list(range(1, max_steps + 1))  # log_every=1: each step exactly once
-    assert all(np.isfinite(r["loss"]) and r["samples_per_s"] > 0 and 0 <= r["data_wait"] <= 1 for r in records
-               if "split" not in r)  # fmt: skip
+    assert all(
+        np.isfinite(r["loss"]) and r["samples_per_s"] > 0 and 0 <= r["data_wait"] <= 1
+        for r in records
+        if "split" not in r
+    )
     val = [r for r in records if r.get("split") == "val"]
     assert [r["step"] for r in val] == [s for s in range(1, max_steps + 1) if s % 3 == 0 or s == max_steps]
     assert set(val[-1]["datasets"]) == {"nsd", "hcp"}
@@ -61,8 +64,13 @@ def assert_run_dir(run: Path, max_steps: int, world_size: int, stage: int) -> No
 def test_two_ranks_zero2_local_shards_both_datasets_and_wandb_offline(cohort, tmp_path):
     run = tmp_path / "run"
     recipe = write_recipe(tmp_path / "r.yaml", cohort, run)
-    env = child_env(WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wandb_home"), WANDB_CACHE_DIR=str(tmp_path),
-                   WANDB_CONFIG_DIR=str(tmp_path), WANDB_DATA_DIR=str(tmp_path))  # fmt: skip
+    env = child_env(
+        WANDB_MODE="offline",
+        WANDB_DIR=str(tmp_path / "wandb_home"),
+        WANDB_CACHE_DIR=str(tmp_path),
+        WANDB_CONFIG_DIR=str(tmp_path),
+        WANDB_DATA_DIR=str(tmp_path),
+    )
     proc = deepspeed_run(recipe, "log.wandb.mode=offline", env=env)
     assert_ok(proc)
     assert_run_dir(run, max_steps=6, world_size=2, stage=2)
@@ -77,7 +85,12 @@ def test_two_ranks_zero2_local_shards_both_datasets_and_wandb_offline(cohort, tm
     assert {"trunk.blocks.0.attn.qkv.weight", "heads.nsd.out.weight", "tokenizers.hcp.proj.weight"} <= set(moved)
     # the registry follows the recipe's subject list, then the manifest's (hcp lists none)
     assert json.loads((run / "registry.json").read_text())["subjects"] == [
-        "nsd/subj01", "nsd/subj02", "nsd/subj03", "hcp/100610", "hcp/102311"]  # fmt: skip
+        "nsd/subj01",
+        "nsd/subj02",
+        "nsd/subj03",
+        "hcp/100610",
+        "hcp/102311",
+    ]
 
 
 def test_two_ranks_zero3_from_s3_global_rsa_and_overrides(cohort, tmp_path, s3_bucket):
@@ -89,8 +102,9 @@ def test_two_ranks_zero3_from_s3_global_rsa_and_overrides(cohort, tmp_path, s3_b
     run = tmp_path / "run"
     urls = {"nsd": f"s3://{s3_bucket}/nsd", "hcp": f"s3://{s3_bucket}/hcp"}
     recipe = write_recipe(tmp_path / "r.yaml", cohort, run, urls=urls)
-    proc = deepspeed_run(recipe, "deepspeed.zero_optimization.stage=3", "loss.rsa_scope=global",
-                         "train.num_workers=1", "train.lr=0.002")  # fmt: skip
+    proc = deepspeed_run(
+        recipe, "deepspeed.zero_optimization.stage=3", "loss.rsa_scope=global", "train.num_workers=1", "train.lr=0.002"
+    )
     assert_ok(proc)
     assert_run_dir(run, max_steps=6, world_size=2, stage=3)
     assert (run / "config.yaml").read_text().count("rsa_scope: global") == 1
@@ -145,10 +159,31 @@ def test_two_nodes_on_loopback(cohort, tmp_path, launcher):
 
     def command(node: int) -> list[str]:
         if launcher == "torchrun":
-            return [str(bin_dir / "torchrun"), "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1",
-                    "--master_addr", "127.0.0.1", "--master_port", port]  # fmt: skip
-        return [str(bin_dir / "deepspeed"), "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(node),
-                "--master_addr", "127.0.0.1", "--master_port", port]  # fmt: skip
+            return [
+                str(bin_dir / "torchrun"),
+                "--nnodes",
+                "2",
+                "--node_rank",
+                str(node),
+                "--nproc_per_node",
+                "1",
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                port,
+            ]
+        return [
+            str(bin_dir / "deepspeed"),
+            "--hostfile",
+            str(hostfile),
+            "--no_ssh",
+            "--node_rank",
+            str(node),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            port,
+        ]
 
     nodes = [
         subprocess.Popen(
@@ -180,18 +215,31 @@ def test_corrupt_shard_is_skipped_and_named(cohort, tmp_path):
     data = (shards / bad).read_bytes()
     (shards / bad).write_bytes(data[: int(len(data) * 0.6)])  # a partial copy: its last record is cut
     run = tmp_path / "run"
-    recipe = write_recipe(tmp_path / "r.yaml", cohort, run, urls={"nsd": str(shards)},
-                          train={"max_steps": 12, "eval_every": 100})  # fmt: skip
-    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), str(recipe)], cwd=ROOT,
-                          env=child_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    recipe = write_recipe(
+        tmp_path / "r.yaml", cohort, run, urls={"nsd": str(shards)}, train={"max_steps": 12, "eval_every": 100}
+    )
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "train.py"), str(recipe)],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert_ok(proc)
     assert bad.split("/")[-1] in proc.stderr
     assert sum(r.get("skipped_records", 0) for r in metrics(run)) >= 1
 
 
 def test_flagship_recipe_without_urls_is_a_clear_error():
-    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), str(ROOT / "recipes" / "nsd_hcp.yaml")],
-                          cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "train.py"), str(ROOT / "recipes" / "nsd_hcp.yaml")],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "data.datasets.nsd.url is empty" in proc.stderr
     assert "shards_tools pack-nsd" in proc.stderr

@@ -131,9 +131,14 @@ class DatasetStream:
             volume = np.zeros((len(block), int(np.prod(grid))), dtype=np.float16)
             volume[:, self.masks[subject]] = bold
             bold = volume.reshape(len(block), *grid)
-        return {"bold": bold, "subject_row": np.full(len(block), self.rows[subject], dtype=np.int64),
-                "labels": block.labels, "clip_llv": block.clip_llv, "clip_hlv": block.clip_hlv,
-                "subject": np.array([subject] * len(block))}  # fmt: skip
+        return {
+            "bold": bold,
+            "subject_row": np.full(len(block), self.rows[subject], dtype=np.int64),
+            "labels": block.labels,
+            "clip_llv": block.clip_llv,
+            "clip_hlv": block.clip_hlv,
+            "subject": np.array([subject] * len(block)),
+        }
 
 
 def _to_batch(arrays: dict[str, np.ndarray], dataset: str, n_skipped: int) -> dict:

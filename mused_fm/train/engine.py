@@ -3,7 +3,7 @@
 This is the one module that imports deepspeed. The rest of the trainer sees an `Engine` with
 forward/backward/step, checkpoint save/load and a full fp32 state dict.
 
-DeepSpeed facts this module is built around (measured, ../shared/reference/ecosystem.md section 3):
+DeepSpeed facts this module is built around (measured with the pinned DeepSpeed on CPU and GPU):
 - batch keys are derived from train.* (train_batch_size = micro x accumulation x world, by DeepSpeed);
 - weight surgery and freezing happen before `deepspeed.initialize`; only trainable parameters go to
   the optimizer;
@@ -97,18 +97,29 @@ def deepspeed_config(recipe: Recipe, precision: str, total_steps: int | None = N
         "optimizer": {
             "type": optimizer,
             # torch's Adam(W): no FusedAdam/CPUAdam build; decoupled decay for AdamW, L2 for Adam.
-            "params": {"lr": t.lr, "betas": list(t.betas), "eps": 1e-8, "weight_decay": t.weight_decay,
-                       "torch_adam": True, "adam_w_mode": t.optimizer == "adamw"},
+            "params": {
+                "lr": t.lr,
+                "betas": list(t.betas),
+                "eps": 1e-8,
+                "weight_decay": t.weight_decay,
+                "torch_adam": True,
+                "adam_w_mode": t.optimizer == "adamw",
+            },
         },
         "scheduler": {
             "type": "WarmupCosineLR",
-            "params": {"total_num_steps": total_steps or t.max_steps, "warmup_min_ratio": 0.0,
-                       "warmup_num_steps": t.warmup_steps, "cos_min_ratio": t.min_lr_ratio, "warmup_type": "linear"},
+            "params": {
+                "total_num_steps": total_steps or t.max_steps,
+                "warmup_min_ratio": 0.0,
+                "warmup_num_steps": t.warmup_steps,
+                "cos_min_ratio": t.min_lr_ratio,
+                "warmup_type": "linear",
+            },
         },
         "bf16": {"enabled": precision == "bf16"},
         "steps_per_print": 10**9,  # progress is ours (rank 0 only)
         "wall_clock_breakdown": False,
-    }  # fmt: skip
+    }
     config.setdefault("zero_optimization", {"stage": 0})
     return config
 
@@ -206,4 +217,3 @@ class Engine:
         if missing:
             raise RuntimeError(f"export lacks {sorted(missing)}: refusing to write an incomplete model.")
         return state if self.dist.is_main else None
-

@@ -110,11 +110,23 @@ class _Trainer:
             write_json(self.out / "run_info.json", info)
             self._drop_stale_best()
             if self.start:
-                logger.info("resuming from %s/%s/step%d (step %d of %d); the data stream restarts with a new seed",
-                            self.out, CHECKPOINTS, self.start, self.start, t.max_steps)  # fmt: skip
-            logger.info("%d subjects (%s); per-rank micro-batch %s; world size %d; ZeRO stage %d; %s",
-                        len(self.registry), ", ".join(self.registry.ids), self.sizes, dist.world_size,
-                        self.engine.stage, self.engine.precision)  # fmt: skip
+                logger.info(
+                    "resuming from %s/%s/step%d (step %d of %d); the data stream restarts with a new seed",
+                    self.out,
+                    CHECKPOINTS,
+                    self.start,
+                    self.start,
+                    t.max_steps,
+                )
+            logger.info(
+                "%d subjects (%s); per-rank micro-batch %s; world size %d; ZeRO stage %d; %s",
+                len(self.registry),
+                ", ".join(self.registry.ids),
+                self.sizes,
+                dist.world_size,
+                self.engine.stage,
+                self.engine.precision,
+            )
         self.log = RunLog(self.out, self.recipe, dist.is_main, self.start, t.max_steps)
 
     def _drop_stale_best(self) -> None:
@@ -179,11 +191,15 @@ class _Trainer:
         skipped = int(sum_over_ranks({"skipped": float(window["skipped"])})["skipped"])
         samples = window["n"] * self.recipe.train.micro_batch_size * self.dist.world_size
         record = {
-            "step": step, "loss": means.pop("loss"), "lr": self.engine.lr(),
-            "samples_per_s": samples / elapsed, "data_wait": shares["data_wait"],
+            "step": step,
+            "loss": means.pop("loss"),
+            "lr": self.engine.lr(),
+            "samples_per_s": samples / elapsed,
+            "data_wait": shares["data_wait"],
             "mfu": (window["n"] * self.flops_per_micro_step / elapsed) / self.peak if self.peak else 0.0,
-            "skipped_records": skipped, **means,
-        }  # fmt: skip
+            "skipped_records": skipped,
+            **means,
+        }
         if skipped:
             logger.warning(
                 "step %d: %d unreadable shard records skipped since the last log (named above)", step, skipped

@@ -47,11 +47,19 @@ def run_info(world_size: int, stage: int, precision: str, device: torch.device, 
         else [device_info(device).get("cpu_model", platform.machine())]
     )
     return {
-        "world_size": world_size, "zero_stage": stage, "precision": precision, "device": device.type,
-        "devices": devices, "torch": torch.__version__, "deepspeed": deepspeed,
-        "mused_fm": _version(), "git_commit": git_commit() or "unknown", "python": platform.python_version(),
-        "host": platform.node(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }  # fmt: skip
+        "world_size": world_size,
+        "zero_stage": stage,
+        "precision": precision,
+        "device": device.type,
+        "devices": devices,
+        "torch": torch.__version__,
+        "deepspeed": deepspeed,
+        "mused_fm": _version(),
+        "git_commit": git_commit() or "unknown",
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 class RunLog:
@@ -70,10 +78,15 @@ class RunLog:
             import wandb
 
             self.wandb = wandb.init(
-                project=recipe.log.wandb.project, entity=recipe.log.wandb.entity or None, mode=mode,
-                name=recipe.run.name, dir=str(out_dir), config=recipe_to_dict(recipe),
-                id=self._wandb_id(), resume="allow",
-            )  # fmt: skip
+                project=recipe.log.wandb.project,
+                entity=recipe.log.wandb.entity or None,
+                mode=mode,
+                name=recipe.run.name,
+                dir=str(out_dir),
+                config=recipe_to_dict(recipe),
+                id=self._wandb_id(),
+                resume="allow",
+            )
         if sys.stderr.isatty():
             from tqdm import tqdm
 
