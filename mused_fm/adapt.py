@@ -31,7 +31,7 @@ import copy
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ from mused_fm.distributed import DistInfo, barrier, broadcast_value
 from mused_fm.errors import InputError, ShardSchemaError, UnknownSubjectError
 from mused_fm.evaluate import evaluate_streams, mean_map
 from mused_fm.files import json_safe, write_json
-from mused_fm.model import MusedModel, build_model, load_export
+from mused_fm.model import MusedModel, SubjectRegistry, build_model, load_export
 from mused_fm.model.freeze import assert_unchanged, freeze_for_new_subjects, snapshot, train_only, trainable_summary
 from mused_fm.subject_ids import dataset_of, name_of
 from mused_fm.train.engine import Engine, init_distributed
@@ -111,7 +111,7 @@ class NewSubjects:
         self.manifests = self._manifests(config.shards, base)
         for dataset in self.datasets:  # from the manifest, before anything is read
             self._check_splits(self.manifests[dataset])
-        rows = {s: i for i, s in enumerate(self.ids)}  # only to read: each model maps ids to its own rows
+        rows = SubjectRegistry(self.ids).row_of  # only to read: each model maps ids to its own rows
         self.train_sets = {d: SubjectSamples(self.stream(d, rows), "train") for d in self.datasets}
 
     def _manifests(self, urls: list[str], base: MusedModel) -> dict[str, Manifest]:
@@ -139,7 +139,7 @@ class NewSubjects:
                     "samples (pack them with the same shards_tools command as the others)."
                 )
 
-    def stream(self, dataset: str, rows) -> DatasetStream:
+    def stream(self, dataset: str, rows: Mapping[str, int]) -> DatasetStream:
         names = [name_of(s) for s in self.ids if dataset_of(s) == dataset]
         return DatasetStream(self.manifests[dataset], rows, names, key="adapt.subjects")
 

@@ -127,7 +127,7 @@ class DatasetStream:
             )
         bold = block.bold
         if self.masks:
-            grid = self.info["volume_shape"]
+            grid = self.manifest.input_shape
             volume = np.zeros((len(block), int(np.prod(grid))), dtype=np.float16)
             volume[:, self.masks[subject]] = bold
             bold = volume.reshape(len(block), *grid)
