@@ -101,6 +101,11 @@ class DatasetConfig:
     """Labels of the dataset's multi-label head (NSD: the 80 COCO categories). 0: taken from the
     shards' manifest by the trainer (HCP keeps the WordNet categories above a frequency)."""
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's bold: (num_rois, roi_dim) or the volume (X, Y, Z)."""
+        return (self.num_rois, self.roi_dim) if self.input == "roi" else tuple(self.volume_shape)
+
 
 @dataclass
 class DataConfig:

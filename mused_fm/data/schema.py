@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from mused_fm.errors import ShardSchemaError
+
 __all__ = [
     "BOLD",
     "CLIP_HLV",
@@ -59,10 +61,6 @@ META_KEYS = ("dataset", "subject", "site", "stimulus", "split", "unit", "index",
 ARRAYS = ("bold", "clip_llv", "clip_hlv", "labels")
 SPLITS = ("train", "val", "test")
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
-
-
-class ShardSchemaError(ValueError):
-    """A sample, shard or manifest does not follow the schema; the message names which and why."""
 
 
 def sample_key(dataset: str, subject: str, unit: str, index: int) -> str:
