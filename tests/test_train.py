@@ -126,14 +126,15 @@ def test_kill_and_rerun_resumes_without_repeating_steps(cohort, tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", cohort, run, train={"max_steps": 40, "save_every": 4, "eval_every": 20})
     proc = deepspeed_run(recipe, popen=True)
     deadline = time.monotonic() + 240
-    while not (run / "checkpoints" / "latest").exists():
+    while not list((run / "checkpoints").glob("step*/complete.json")):
         assert proc.poll() is None, proc.stdout.read()[-4000:]
         assert time.monotonic() < deadline, "no checkpoint written within 240 s"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-run
     proc.wait(timeout=30)
     killed_at = max(r["step"] for r in metrics(run))
-    saved = int((run / "checkpoints" / "latest").read_text().strip().removeprefix("step"))
+    complete = [int(p.parent.name.removeprefix("step")) for p in (run / "checkpoints").glob("step*/complete.json")]
+    saved = max(complete)  # the newest checkpoint every rank finished: what a rerun resumes from
     assert saved < 40
 
     again = deepspeed_run(recipe)
@@ -254,3 +255,82 @@ def test_resuming_with_other_subjects_is_an_error_naming_them(tmp_path):
     assert _registry(tmp_path, ["nsd/subj01", "nsd/subj02"]).ids == ["nsd/subj01", "nsd/subj02"]
     with pytest.raises(ValueError, match=r"new: \['nsd/subj03'\], gone: \['nsd/subj02'\].*adapt_subject"):
         _registry(tmp_path, ["nsd/subj01", "nsd/subj03"])
+
+
+def one_process_run(recipe: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "train.py"), str(recipe), *overrides],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_resume_skips_unfinished_and_damaged_checkpoints(cohort, tmp_path):
+    """`latest` naming a step never finished, a truncated checkpoint file, a torn metrics line: the rerun
+    takes the newest complete, intact checkpoint, says why it skipped the others, and repeats no step."""
+    run = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "r.yaml", cohort, run)  # 6 steps, checkpoints at 3 and 6
+    assert_ok(one_process_run(recipe))
+    ckpt = run / "checkpoints"
+    (ckpt / "latest").write_text("step9")  # a save killed after `latest` moved on
+    (ckpt / "step9").mkdir()
+    states = next((ckpt / "step6").glob("*model_states.pt"))
+    states.write_bytes(states.read_bytes()[: states.stat().st_size // 2])  # a torn copy
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 7, "lo')  # the last line of a killed run
+    again = one_process_run(recipe)
+    assert_ok(again)
+    log = again.stderr + again.stdout
+    assert f"not resuming from {ckpt}/step9: no complete.json" in log
+    assert f"not resuming from {ckpt}/step6: files changed or damaged since the save: {states.name}" in log
+    assert f"resuming from {ckpt}/step3" in log
+    assert [r["step"] for r in metrics(run) if "split" not in r] == list(range(1, 7))
+
+
+class _Planted:
+    """Pickles as a call of os.system: what a tampered checkpoint file could hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_never_runs_code_from_a_checkpoint(cohort, tmp_path):
+    """Even with its completeness record rewritten to match, a planted pickle is refused, not executed."""
+    from mused_fm.train.checkpoints import record_complete
+
+    run = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "r.yaml", cohort, run)
+    assert_ok(one_process_run(recipe))
+    marker = tmp_path / "code_ran"
+    states = next((run / "checkpoints" / "step6").glob("*model_states.pt"))
+    state = torch.load(states, weights_only=False)
+    torch.save({**state, "planted": _Planted(marker)}, states)
+    record_complete(run / "checkpoints", 6)
+    again = one_process_run(recipe, "train.max_steps=8")
+    assert again.returncode == 2, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"{states} holds objects a checkpoint never needs" in again.stderr
+    assert not marker.exists()
+
+
+def test_a_second_run_in_the_same_directory_fails_at_once(cohort, tmp_path):
+    from mused_fm.train.run_lock import RunLock
+
+    run = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "r.yaml", cohort, run)
+    held = RunLock(run)  # a first run still writing (here: this test process)
+    try:
+        began = time.monotonic()
+        second = one_process_run(recipe, timeout=120)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"{run} is being written by another run (pid {os.getpid()}" in second.stderr
+        assert time.monotonic() - began < 60
+        assert not (run / "metrics.jsonl").exists()  # it wrote nothing
+    finally:
+        held.release()
+    assert_ok(one_process_run(recipe))  # the lock goes with its holder

@@ -51,6 +51,8 @@ def open_streams(
     """One DatasetStream per dataset, limited to the subjects being trained."""
     chosen = [split_id(s) for s in subject_ids]
     return {
-        name: DatasetStream(manifest, subject_rows, [n for d, n in chosen if d == name], f"data.datasets.{name}.subjects")
+        name: DatasetStream(
+            manifest, subject_rows, [n for d, n in chosen if d == name], f"data.datasets.{name}.subjects"
+        )
         for name, manifest in manifests.items()
     }

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import socket
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,18 @@ import torch
 from torch import nn
 
 from mused_fm.config import Recipe
-from mused_fm.distributed import DistInfo
+from mused_fm.distributed import DistInfo, barrier
+from mused_fm.errors import CheckpointError
+from mused_fm.train.checkpoints import newest_complete, record_complete
 
 os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 
 import deepspeed
+from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+from deepspeed.runtime.zero.config import ZeroStageEnum
 from deepspeed.utils import safe_get_full_fp32_param
+from deepspeed.utils.tensor_fragment import fragment_address
 
 __all__ = ["DEEPSPEED_VERSION", "Engine", "deepspeed_config", "init_distributed", "resolve_precision"]
 
@@ -124,6 +131,25 @@ def deepspeed_config(recipe: Recipe, precision: str, total_steps: int | None = N
     return config
 
 
+# The only non-container types DeepSpeed's checkpoints hold (ZeRO 0-3, fp32 and bf16). Anything else in a
+# checkpoint file is refused: a pickle that names other callables could run code when loaded.
+_CHECKPOINT_TYPES = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+class _WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+    """DeepSpeed's torch checkpoint engine, loading with torch.load(weights_only=True) (DeepSpeed passes False)."""
+
+    def load(self, path: str, map_location=None):
+        try:
+            with torch.serialization.safe_globals(_CHECKPOINT_TYPES):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise CheckpointError(
+                f"{path} holds objects a checkpoint never needs ({str(err).splitlines()[0][:300]}); refusing to "
+                "load it. Move the step directory aside if you did not write it."
+            ) from None
+
+
 class Engine:
     """A DeepSpeed engine around `module`, with the checkpoint and export conventions of a run."""
 
@@ -139,6 +165,8 @@ class Engine:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=module, model_parameters=trainable, config=self.config
         )
+        if type(self.engine.checkpoint_engine) is TorchCheckpointEngine:  # the engine DeepSpeed uses by default
+            self.engine.checkpoint_engine = _WeightsOnlyCheckpointEngine(self.engine._config)
 
     @property
     def module(self) -> nn.Module:
@@ -164,30 +192,37 @@ class Engine:
     # ----------------------------------------------------------------------------------------
 
     def save_checkpoint(self, directory: str | Path, step: int, client_state: dict) -> None:
-        """Collective: every rank writes its ZeRO partition under directory/step{step}/."""
+        """Collective: every rank writes its ZeRO partition under directory/step{step}/; then rank 0 marks
+        it complete (checkpoints.py), after all ranks have written."""
         self.engine.save_checkpoint(str(directory), tag=f"step{step}", client_state=client_state)
+        barrier()
+        if self.dist.is_main:
+            record_complete(Path(directory), step)
+        barrier()
 
     def load_latest(self, directory: str | Path) -> dict | None:
-        """Collective: load the checkpoint `latest` points to; None when there is none."""
+        """Collective: load the newest complete, intact checkpoint; None when there is none."""
         # Rank 0 decides for all: a rank that cannot see the files (node-local out_dir) must fail, not
         # skip this collective and start from step 0 while the others resume.
-        found = [(Path(directory) / "latest").is_file()]
-        torch.distributed.broadcast_object_list(found, src=0)
-        if not found[0]:
+        chosen = [newest_complete(Path(directory)) if self.dist.is_main else None]
+        torch.distributed.broadcast_object_list(chosen, src=0)
+        step = chosen[0]
+        if step is None:
+            if self.dist.is_main and any(Path(directory).glob("step*")):
+                logger.warning("%s holds no complete checkpoint: starting from step 0", directory)
             return None
         try:
-            path, client_state = self.engine.load_checkpoint(str(directory))
+            path, client_state = self.engine.load_checkpoint(str(directory), tag=f"step{step}")
         except Exception as err:
             if "world size" not in str(err):
                 raise
-            raise RuntimeError(
+            raise CheckpointError(
                 f"{directory}: {err}\nResume with the number of ranks that wrote the checkpoint, or convert it "
                 "with DeepSpeed's ds_to_universal, or start a new run from the export."
             ) from err
         if path is None:
-            raise RuntimeError(
-                f"{directory}/latest names a checkpoint that could not be loaded; delete the partial "
-                "step directory it points to (or the whole checkpoints/ folder to start over)."
+            raise CheckpointError(
+                f"{directory}/step{step} could not be loaded; move it aside to resume from the one before it."
             )
         return client_state
 

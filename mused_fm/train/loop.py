@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ from mused_fm.model import MusedModel, SubjectRegistry, build_model
 from mused_fm.train.data import open_streams, resolve_datasets
 from mused_fm.train.engine import DEEPSPEED_VERSION, Engine, init_distributed
 from mused_fm.train.objective import Objective, batch_to_device
+from mused_fm.train.run_lock import RunLock
 from mused_fm.train.run_log import RunLog, run_info
 
 __all__ = ["train"]
@@ -248,5 +250,12 @@ class _Trainer:
 def train(recipe: Recipe) -> Path:
     """Train (or resume) the run the recipe describes; returns run_dir/export on every rank."""
     recipe, subject_ids, manifests = resolve_datasets(recipe)  # recipe/shard mismatches fail before any rendezvous
-    dist = init_distributed()
-    return _Trainer(recipe, subject_ids, manifests, dist).run()
+    # Global rank 0 holds the run directory's lock for the whole run (taken before the rendezvous, so a
+    # second run there fails at once); RANK is set by every launcher before the process starts.
+    lock = RunLock(recipe.run.out_dir) if int(os.environ.get("RANK", "0")) == 0 else None
+    try:
+        dist = init_distributed()
+        return _Trainer(recipe, subject_ids, manifests, dist).run()
+    finally:
+        if lock is not None:
+            lock.release()

@@ -102,9 +102,17 @@ class RunLog:
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():
             return
-        kept = [
-            line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
-        ]
+        kept, torn = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by a kill: the step is redone after the checkpoint
+                torn += int(bool(line.strip()))
+                continue
+            if record["step"] <= step:
+                kept.append(line)
+        if torn:
+            logger.warning("%s: dropped %d unreadable line(s) written by the interrupted run", self.path, torn)
         write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
