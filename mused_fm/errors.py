@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointError",
+    "DivergedError",
     "InputError",
     "MissingFileError",
     "MusedError",
@@ -35,6 +36,10 @@ class UnknownSubjectError(MusedError):
 
 class CheckpointError(MusedError):
     """An export or run directory cannot be read as one (missing files, wrong layout)."""
+
+
+class DivergedError(MusedError):
+    """Training stopped: the loss stayed NaN or infinite (faulty data, or a learning rate too high)."""
 
 
 class InputError(MusedError):

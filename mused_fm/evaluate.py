@@ -47,7 +47,8 @@ def _predict(
     device = dist.device
     probs, labels, subjects = [], [], []
     last = None
-    for batch in eval_batches(stream, split, batch_size, dist.rank, dist.world_size):
+    skipped: dict[str, int] = {}
+    for batch in eval_batches(stream, split, batch_size, dist.rank, dist.world_size, skipped):
         out = forward(batch["bold"].to(device, dtype), batch["subject_row"].to(device), stream.name)
         probs.append(torch.sigmoid(out.logits.float()).cpu().numpy())
         labels.append(batch["labels"].numpy())
@@ -64,6 +65,7 @@ def _predict(
         "probs": np.concatenate(probs) if probs else np.zeros((0, n_classes), np.float32),
         "labels": np.concatenate(labels) if labels else np.zeros((0, n_classes), np.uint8),
         "subjects": np.asarray(subjects, dtype=str),
+        "n_skipped": np.asarray([sum(skipped.values())]),
     }
 
 
@@ -97,8 +99,10 @@ def evaluate_streams(
             continue
         merged = {k: np.concatenate([p[k] for p in parts]) for k in local}
         if not len(merged["subjects"]):
-            raise ShardSchemaError(f"{stream.url} has no {split!r} samples for {stream.subjects}.")
-        results.append(grouped_metrics(merged["probs"], merged["labels"], merged["subjects"].tolist()))
+            raise ShardSchemaError(f"{stream.url} has no readable {split!r} samples for {stream.subjects}.")
+        result = grouped_metrics(merged["probs"], merged["labels"], merged["subjects"].tolist())
+        result["datasets"][stream.name]["n_skipped"] = int(merged["n_skipped"].sum())  # unreadable, named in the log
+        results.append(result)
     return merge_metrics(results) if dist.is_main else None
 
 

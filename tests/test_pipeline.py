@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import tarfile
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import torch
 from mused_fm.data.pipeline import DatasetStream, eval_batches, split_batch, train_loader
 from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
 from mused_fm.data.writer import DatasetWriter
-from mused_fm.model.registry import UnknownSubjectError
+from mused_fm.errors import ShardSchemaError, UnknownSubjectError
 
 from shard_helpers import info, make_samples, write_set
 
@@ -161,3 +163,69 @@ def test_streams_from_s3_with_spawned_workers(s3_bucket):
     )
     batches = list(loader)
     assert len(batches) == 5 and all(b["bold"].shape == (4, 3, 5) for b in batches)
+
+
+def test_a_stream_with_no_readable_shard_stops_with_one_named_error(nsd, tmp_path, monkeypatch, caplog):
+    """Every training shard gone (or the S3 server down): a bounded number of tries, then a named error."""
+    import mused_fm.data.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "_BACKOFF_S", (0.0, 0.0))  # the bound, not the waiting, is under test
+    stream = DatasetStream.open(nsd, ROWS)
+    for path in (tmp_path / "nsd" / "shards").glob("*-train-*.tar"):
+        path.unlink()
+    loader = train_loader(stream, "train", batch_size=4, epoch_batches=5, seed=0, num_workers=0, buffer=4)
+    with caplog.at_level(logging.WARNING, logger="mused_fm.data.pipeline"), pytest.raises(ShardSchemaError) as err:
+        next(iter(loader))
+    assert f"data.datasets.nsd: {pipeline.MAX_CONSECUTIVE_FAILURES} shard reads of {nsd} failed in a row" in str(
+        err.value
+    )
+    assert "shards_tools verify" in str(err.value)
+    assert len(caplog.records) <= 3  # rate-limited, not one line per retry
+
+
+def _poison(shard, member: str = "bold.npy") -> None:
+    """Rewrite a shard with NaN in every record's `member`, as a faulty writer upstream would (ours refuses)."""
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w") as tar:
+        for m, data in members:
+            if m.name.endswith(member):
+                array = np.load(io.BytesIO(data))
+                array[:, 0] = np.nan
+                buffer = io.BytesIO()
+                np.save(buffer, array)
+                data = buffer.getvalue()
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+
+
+def test_records_with_non_finite_values_are_skipped_counted_and_named(tmp_path, caplog):
+    """NaN in every record of one subject: no batch, in training or evaluation, holds them."""
+    url = str(tmp_path / "nsd")
+    write_set(url, {"nsd/subj01": 60, "nsd/subj02": 40}, maxcount=20)
+    for shard in (tmp_path / "nsd" / "shards").glob("subj02-*.tar"):
+        _poison(shard)
+    stream = DatasetStream.open(url, ROWS)
+    loader = train_loader(stream, "train", batch_size=4, epoch_batches=10, seed=0, num_workers=0, buffer=4)
+    with caplog.at_level(logging.WARNING, logger="mused_fm.data.pipeline"):
+        batches = list(loader)
+    assert all(torch.isfinite(b["bold"].float()).all() for b in batches)
+    assert {r for b in batches for r in b["subject_row"].tolist()} == {ROWS["nsd/subj01"]}
+    assert sum(b["n_skipped"] for b in batches) >= 1 and "bold.npy holds NaN or infinite values" in caplog.text
+    skipped: dict[str, int] = {}
+    test = [s for b in eval_batches(stream, "test", 8, skipped=skipped) for s in b["subject"]]
+    assert set(test) == {"nsd/subj01"}
+    assert sum(skipped.values()) == sum(s["count"] for s in stream.shards("test") if s["subject"] == "nsd/subj02")
+
+
+def test_evaluation_skips_a_damaged_shard_and_counts_its_samples(nsd, tmp_path, caplog):
+    stream = DatasetStream.open(nsd, ROWS)
+    damaged = stream.shards("test")[0]
+    path = tmp_path / "nsd" / damaged["name"]
+    path.write_bytes(path.read_bytes()[:700])  # the first header and part of a record
+    skipped: dict[str, int] = {}
+    with caplog.at_level(logging.WARNING, logger="mused_fm.data.pipeline"):
+        seen = sum(len(b["subject"]) for b in eval_batches(stream, "test", 7, skipped=skipped))
+    assert skipped == {stream.manifest.shard_url(damaged): damaged["count"]}
+    assert seen == stream.count("test") - damaged["count"]
+    assert damaged["name"] in caplog.text

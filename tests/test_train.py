@@ -334,3 +334,13 @@ def test_a_second_run_in_the_same_directory_fails_at_once(cohort, tmp_path):
     finally:
         held.release()
     assert_ok(one_process_run(recipe))  # the lock goes with its holder
+
+
+def test_a_run_whose_loss_stays_non_finite_stops_and_exports_nothing(cohort, tmp_path):
+    run = tmp_path / "run"
+    train = {"lr": 1e38, "warmup_steps": 1, "max_steps": 40, "save_every": 40, "eval_every": 40, "log_every": 5}
+    recipe = write_recipe(tmp_path / "r.yaml", cohort, run, train=train)  # an lr that overflows fp32 weights
+    proc = one_process_run(recipe)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "the loss has been NaN or infinite for the last" in proc.stderr
+    assert not (run / "export").exists() and not (run / "best").exists()

@@ -26,6 +26,8 @@ from __future__ import annotations
 import io
 import logging
 import math
+import tarfile
+import time
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -43,15 +45,53 @@ __all__ = ["DatasetStream", "eval_batches", "split_batch", "train_loader"]
 
 logger = logging.getLogger(__name__)
 _skipped = 0  # records skipped in this process (a DataLoader worker counts its own)
+# Shards that fail one after another before a training stream gives up (with backoff between tries, about
+# a minute in all: a brief S3 outage or throttling is waited out, a missing or unreachable shard set is not).
+MAX_CONSECUTIVE_FAILURES = 16
+_BACKOFF_S = (0.1, 5.0)  # first wait, longest wait
 
 
-def _skip_and_count(exn: Exception) -> bool:
-    """webdataset handler: name the shard and the error, count it, go on."""
-    global _skipped
-    _skipped += 1
-    url = exn.args[-1] if exn.args and isinstance(exn.args[-1], str) else "?"
-    logger.warning("skipping an unreadable record of %s: %s", url, repr(exn)[:300])
-    return True
+class ShardFailures:
+    """webdataset handler of one dataset's training stream: name, count, back off, and give up at a bound.
+
+    Every failure to open or read a shard record is counted (the batches report it) and waited out with
+    exponential backoff; a record that decodes resets the run of failures. After MAX_CONSECUTIVE_FAILURES
+    in a row the stream raises one named error instead of retrying forever. Warnings are rate-limited:
+    the first few, then one per 30 s with the count since.
+    """
+
+    def __init__(self, dataset: str, url: str, limit: int = MAX_CONSECUTIVE_FAILURES) -> None:
+        self.dataset, self.url, self.limit = dataset, url, limit
+        self.consecutive, self.unlogged, self.last_log = 0, 0, 0.0
+
+    def __call__(self, exn: Exception) -> bool:
+        """A shard could not be opened or read (webdataset's handler hook): count it and back off."""
+        where = exn.args[-1] if exn.args and isinstance(exn.args[-1], str) else "?"
+        self.bad_record(exn, where)
+        time.sleep(min(_BACKOFF_S[0] * 2 ** (self.consecutive - 1), _BACKOFF_S[1]))
+        return True
+
+    def bad_record(self, exn: Exception, where: str) -> None:
+        """A record was skipped (unreadable or invalid): count and name it; raise at the bound."""
+        global _skipped
+        _skipped += 1
+        self.consecutive += 1
+        if self.consecutive >= self.limit:
+            raise ShardSchemaError(
+                f"data.datasets.{self.dataset}: {self.consecutive} shard reads of {self.url} failed in a row, the "
+                f"last {where}: {repr(exn)[:300]}. Check that the shards exist and are readable (`python -m "
+                "shards_tools verify URL`), the URL, and for s3:// the endpoint and credentials."
+            ) from None
+        now = time.monotonic()
+        if self.consecutive <= 3 or now - self.last_log > 30:
+            more = f" ({self.unlogged} more since the last warning)" if self.unlogged else ""
+            logger.warning("skipping an unreadable record of %s: %s%s", where, repr(exn)[:300], more)
+            self.unlogged, self.last_log = 0, now
+        else:
+            self.unlogged += 1
+
+    def record_read(self) -> None:
+        self.consecutive = 0
 
 
 def split_batch(total: int, weights: Mapping[str, float]) -> dict[str, int]:
@@ -119,6 +159,9 @@ class DatasetStream:
     def arrays(self, record: dict) -> dict[str, np.ndarray]:
         """A decoded block as arrays (bold unmasked for volume datasets) with token rows per sample."""
         block = decode_block(record["__key__"], {k: v for k, v in record.items() if not k.startswith("__")})
+        for member, values in (("bold", block.bold), ("clip_llv", block.clip_llv), ("clip_hlv", block.clip_hlv)):
+            if not np.isfinite(values).all():  # a faulty writer upstream: one vectorised pass per block
+                raise ShardSchemaError(f"record {block.key!r}: {member}.npy holds NaN or infinite values.")
         subject = block.metas[0]["subject"]
         if subject not in self.rows:
             raise UnknownSubjectError(
@@ -152,8 +195,9 @@ class ShuffledBatches:
     A class rather than a closure so that spawned DataLoader workers can receive it.
     """
 
-    def __init__(self, stream: DatasetStream, batch_size: int, buffer: int, seed: int) -> None:
+    def __init__(self, stream: DatasetStream, batch_size: int, buffer: int, seed: int, failures: ShardFailures) -> None:
         self.stream, self.batch_size, self.buffer, self.seed = stream, batch_size, max(buffer, batch_size), seed
+        self.failures = failures
 
     def __call__(self, records: Iterator[dict]) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -167,8 +211,9 @@ class ShuffledBatches:
             except UnknownSubjectError:
                 raise
             except (ShardSchemaError, ValueError, KeyError) as err:
-                _skip_and_count(err.__class__(*err.args, record.get("__url__", "?")))
+                self.failures.bad_record(err, record.get("__url__", "?"))
                 continue
+            self.failures.record_read()
             pool.append(arrays)
             held += len(arrays["labels"])
             if held < self.buffer:
@@ -200,32 +245,61 @@ def train_loader(
         seed: the run seed folded with the global step on resume, so a resumed run draws new data.
         worker_context: multiprocessing start method of the workers (spawn: s3fs is not fork-safe).
     """
+    failures = ShardFailures(stream.name, stream.url)  # one object: the workers get it pickled with both stages
     pipeline = wds.DataPipeline(
         wds.ResampledShards(stream.shard_urls(split), seed=seed, deterministic=True),  # per rank and worker
-        wds.tarfile_to_samples(handler=_skip_and_count),  # a record = one block of up to 128 samples
-        ShuffledBatches(stream, batch_size, buffer, seed),
+        wds.tarfile_to_samples(handler=failures),  # a record = one block of up to 128 samples
+        ShuffledBatches(stream, batch_size, buffer, seed, failures),
     )
     kwargs = {"multiprocessing_context": worker_context, "persistent_workers": True} if num_workers else {}
     loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, **kwargs)
     return loader.with_epoch(epoch_batches)  # on the loader, not the dataset: not multiplied by workers
 
 
-def eval_batches(stream: DatasetStream, split: str, batch_size: int, rank: int = 0, world_size: int = 1):
-    """Each sample of the split exactly once across ranks: shard i is read by rank i % world_size."""
-    urls = stream.shard_urls(split)[rank::world_size]
+def eval_batches(
+    stream: DatasetStream,
+    split: str,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    skipped: dict[str, int] | None = None,
+) -> Iterator[dict]:
+    """Each sample of the split exactly once across ranks: shard i is read by rank i % world_size.
+
+    An unreadable shard or record (truncated, damaged, non-finite values) is skipped and named in the log;
+    `skipped[shard url]` receives the number of that shard's samples (by its manifest count) not read.
+    """
+    shards = stream.shards(split)[rank::world_size]
+    if not stream.shards(split):
+        stream.shard_urls(split)  # the named error for a split with no shards
     pending: list[dict[str, np.ndarray]] = []
     held = 0
-    for url in urls:
-        with storage.open_read(url) as f:
-            for key, members in iter_raw_records(f):
-                arrays = stream.arrays({"__key__": key, "__url__": url, **members})  # errors raise: eval is whole
-                pending.append(arrays)
-                held += len(arrays["labels"])
-                while held >= batch_size:
-                    merged = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
-                    yield _to_batch({k: v[:batch_size] for k, v in merged.items()}, stream.name, 0)
-                    pending = [{k: v[batch_size:] for k, v in merged.items()}]
-                    held -= batch_size
+    for shard in shards:
+        url, read = stream.manifest.shard_url(shard), 0
+        try:
+            with storage.open_read(url) as f:
+                for key, members in iter_raw_records(f):
+                    try:
+                        arrays = stream.arrays({"__key__": key, "__url__": url, **members})
+                    except UnknownSubjectError:
+                        raise
+                    except (ShardSchemaError, ValueError, KeyError) as err:
+                        logger.warning("%s: skipping record %s: %s", url, key, str(err)[:300])
+                        continue
+                    pending.append(arrays)
+                    read += len(arrays["labels"])
+                    held += len(arrays["labels"])
+                    while held >= batch_size:
+                        merged = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+                        yield _to_batch({k: v[:batch_size] for k, v in merged.items()}, stream.name, 0)
+                        pending = [{k: v[batch_size:] for k, v in merged.items()}]
+                        held -= batch_size
+        except (OSError, tarfile.TarError, ShardSchemaError) as err:
+            logger.warning("%s: unreadable after %d samples, skipping the rest: %s", url, read, str(err)[:300])
+        if read < shard["count"]:
+            if skipped is not None:
+                skipped[url] = shard["count"] - read
+            logger.warning("%s: %d of its %d samples skipped", url, shard["count"] - read, shard["count"])
     if held:
         merged = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
         yield _to_batch(merged, stream.name, 0)

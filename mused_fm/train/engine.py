@@ -118,7 +118,7 @@ def deepspeed_config(recipe: Recipe, precision: str, total_steps: int | None = N
             "params": {
                 "total_num_steps": total_steps or t.max_steps,
                 "warmup_min_ratio": 0.0,
-                "warmup_num_steps": t.warmup_steps,
+                "warmup_num_steps": max(1, t.warmup_steps),  # DeepSpeed refuses 0; 1 step is no warmup
                 "cos_min_ratio": t.min_lr_ratio,
                 "warmup_type": "linear",
             },

@@ -28,7 +28,7 @@ from mused_fm.config import Recipe, save_recipe
 from mused_fm.data.manifest import Manifest
 from mused_fm.data.pipeline import split_batch, train_loader
 from mused_fm.distributed import DistInfo, barrier, broadcast_value, mean_over_ranks, sum_over_ranks
-from mused_fm.errors import UnknownSubjectError
+from mused_fm.errors import DivergedError, UnknownSubjectError
 from mused_fm.evaluate import evaluate_streams, mean_map
 from mused_fm.files import write_json
 from mused_fm.flops import count_flops, matmul_peak_flops
@@ -45,6 +45,7 @@ __all__ = ["train"]
 logger = logging.getLogger("mused_fm.train")
 CHECKPOINTS, EXPORT, BEST = "checkpoints", "export", "best"
 # Dense bf16 peak of common accelerators, for the MFU estimate (datasheet figures, FLOP/s).
+MAX_NONFINITE_STEPS = 10  # micro-steps in a row with a NaN or infinite loss before the run stops
 GPU_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
 
 
@@ -130,6 +131,8 @@ class _Trainer:
                 self.engine.precision,
             )
         self.log = RunLog(self.out, self.recipe, dist.is_main, self.start, t.max_steps)
+        # Micro-steps in a row whose loss was not finite, kept on the device (read once per log window).
+        self.nonfinite_run = torch.zeros((), dtype=torch.long, device=dist.device)
 
     def _drop_stale_best(self) -> None:
         """A best/ exported after the checkpoint we resume from belongs to a discarded timeline."""
@@ -167,7 +170,10 @@ class _Trainer:
                 for name, term in terms.items():  # on the device: no host sync per step
                     window["sums"][name] = window["sums"].get(name, 0.0) + term.stacked()
                 window["sums"]["loss"] = window["sums"].get("loss", 0.0) + loss.detach().float()
+                finite = torch.isfinite(loss.detach())
+                self.nonfinite_run = torch.where(finite, 0, self.nonfinite_run + 1)  # on the device, no sync
             if step % t.log_every == 0 or step == t.max_steps:
+                self._stop_if_diverged(step)
                 self._log_window(step, window)
                 window = self._new_window()
             if step % t.eval_every == 0 or step == t.max_steps:
@@ -178,6 +184,16 @@ class _Trainer:
         self.log.close()
         barrier()
         return self.out / EXPORT
+
+    def _stop_if_diverged(self, step: int) -> None:
+        """A named error on every rank (rank 0 decides) once the loss has been non-finite for a run of steps."""
+        run = int(broadcast_value(float(self.nonfinite_run.item())))
+        if run >= MAX_NONFINITE_STEPS:
+            raise DivergedError(
+                f"{self.out}: the loss has been NaN or infinite for the last {run} micro-steps (step {step}); "
+                "nothing more is trained or exported. Check skipped_records in metrics.jsonl and the shards "
+                "(`python -m shards_tools verify URL`), or lower train.lr; rerunning resumes from the last checkpoint."
+            )
 
     def _new_window(self) -> dict:
         return {"began": time.perf_counter(), "wait": 0.0, "skipped": 0, "n": 0, "sums": {}}
