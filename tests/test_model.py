@@ -209,3 +209,16 @@ def test_save_pretrained_reloads_to_identical_outputs(tiny_model, tmp_path):
 def test_from_pretrained_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors is missing"):
         MusedModel.from_pretrained(tmp_path)
+
+
+def test_a_truncated_export_is_a_named_error(tiny_model, tmp_path):
+    from mused_fm.errors import CheckpointError
+
+    tiny_model.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors cannot be read .* damaged or incomplete"):
+        MusedModel.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"format": ')
+    with pytest.raises(CheckpointError, match=r"config\.json is not valid JSON"):
+        MusedModel.from_pretrained(tmp_path)

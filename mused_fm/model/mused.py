@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -281,7 +282,10 @@ class MusedModel(nn.Module):
                     f"{src / name} is missing: {src} is not a MusedModel export (expected {WEIGHTS_NAME}, "
                     f"{CONFIG_NAME} and {REGISTRY_NAME}); point to a run's export/ directory."
                 )
-        config = json.loads((src / CONFIG_NAME).read_text())
+        try:
+            config = json.loads((src / CONFIG_NAME).read_text())
+        except ValueError as err:
+            raise CheckpointError(f"{src / CONFIG_NAME} is not valid JSON ({err}); re-export the model.") from None
         if config.get("format") != EXPORT_FORMAT:
             raise CheckpointError(
                 f"{src / CONFIG_NAME}: export format {config.get('format')!r} is not the "
@@ -292,7 +296,14 @@ class MusedModel(nn.Module):
         except RecipeError as err:
             raise CheckpointError(f"{err}\n(the export was written by another version of mused_fm)") from None
         model = cls(recipe.model, recipe.data.datasets, SubjectRegistry.load(src / REGISTRY_NAME))
-        model.load_state_dict(load_file(str(src / WEIGHTS_NAME)), strict=True)
+        try:
+            weights = load_file(str(src / WEIGHTS_NAME))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(
+                f"{src / WEIGHTS_NAME} cannot be read ({err}): the file is damaged or incomplete; "
+                "copy or export it again."
+            ) from None
+        model.load_state_dict(weights, strict=True)
         return model.to(map_location)
 
 
