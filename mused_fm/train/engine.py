@@ -16,6 +16,7 @@ DeepSpeed facts this module is built around (measured with the pinned DeepSpeed 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import pickle
@@ -46,23 +47,46 @@ logger = logging.getLogger(__name__)
 DEEPSPEED_VERSION = deepspeed.__version__
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _single_node_store(world_size: int, rank: int) -> torch.distributed.TCPStore | None:
+    """A rendezvous store on 127.0.0.1 for a job whose ranks all run on this host; None otherwise.
+
+    torch's default (env://) store listens on every interface of rank 0's host, which a single-node job does
+    not need: here rank 0 binds the listening socket to loopback itself and hands it to the store. Jobs
+    started by torchrun (or accelerate, through it) use the store of torchrun's agent instead, and
+    multi-node jobs need a reachable address: both keep the default.
+    """
+    local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE")
+    if os.environ.get("TORCHELASTIC_RUN_ID") or local is None or int(local) != world_size:
+        return None
+    timeout = datetime.timedelta(minutes=10)
+    port = int(os.environ["MASTER_PORT"])
+    if rank != 0:
+        return torch.distributed.TCPStore("127.0.0.1", port, world_size, False, timeout)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))  # port 0 (a world of one): any free port
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    return torch.distributed.TCPStore("127.0.0.1", port, world_size, True, timeout, master_listen_fd=listener.fileno())
 
 
 def init_distributed() -> DistInfo:
     """Join the process group set up by the deepspeed launcher, torchrun or a hostfile launch.
 
-    A plain `python launch/train.py` is a world of one: the rendezvous variables are filled in
-    for a loopback group so the same code path runs.
+    A plain `python launch/train.py` is a world of one on a loopback store, so the same code path runs.
     """
     if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "0")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        store = _single_node_store(world_size, rank)
+        if store is not None:
+            if backend == "gloo":
+                os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's pair sockets on loopback too
+            torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)  # wraps the group above when there is one
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
