@@ -19,12 +19,18 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
+from mused_fm.errors import RecipeError
+from mused_fm.files import write_text
+from mused_fm.subject_ids import global_id
+
 __all__ = [
     "AdaptConfig",
+    "AdaptRecipe",
+    "BaseRecipe",
     "DataConfig",
     "DatasetConfig",
     "LogConfig",
@@ -43,10 +49,6 @@ __all__ = [
 ]
 
 
-class RecipeError(ValueError):
-    """A recipe key is unknown, has the wrong type, or its value is invalid."""
-
-
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
@@ -55,9 +57,11 @@ class RecipeError(ValueError):
 @dataclass
 class RunConfig:
     name: str = "mused"
+    """Run name: in the logs, the report title and the W&B run."""
     out_dir: str = "runs/mused"
     """Run directory: config.yaml, metrics.jsonl, checkpoints/, export/."""
     seed: int = 0
+    """Seed of the initial weights (identical on every rank) and of the data streams."""
 
 
 @dataclass
@@ -67,12 +71,14 @@ class ModelConfig:
     depth: int = 24
     """Transformer blocks in the shared trunk."""
     heads: int = 8
+    """Attention heads per block; dim must be divisible by it."""
     subject_tokens: Literal["two", "one", "none"] = "two"
     """two: a low- and a high-level token per subject (CLIP-MUSED); one: one subject embedding added
     to two shared tokens (MS-EMB); none: two shared tokens only (MS-SMODEL)."""
     mlp_ratio: float = 4.0
     """Hidden width of each block's MLP as a multiple of dim."""
     dropout: float = 0.0
+    """Dropout in the trunk's attention and MLP."""
     head_hidden: int = 512
     """Hidden width of each dataset's MLP head on concat(z_llv, z_hlv); 0 makes the head linear."""
     volume_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
@@ -93,6 +99,7 @@ class DatasetConfig:
     input: Literal["roi", "volume"] = "roi"
     """roi: bold is (num_rois, roi_dim) ROI patches (NSD); volume: bold is a 3D volume (HCP)."""
     num_rois: int = 10
+    """ROI patches (tokens) per sample of a roi dataset (the paper's 10 NSD ROI groups)."""
     roi_dim: int = 268
     """Features per ROI patch (the paper's per-ROI PCA width; shorter ROIs are zero-padded)."""
     volume_shape: list[int] = field(default_factory=lambda: [111, 127, 111])
@@ -118,8 +125,11 @@ class LossWeights:
     """The lambdas of the paper's eq. 16 for one dataset (defaults: the paper's NSD settings)."""
 
     orth: float = 1e-3
+    """lambda_orth: weight of ||z_llv z_hlv^T||_F^2 / B^2."""
     llv: float = 1e-4
+    """lambda_llv: weight of the low-level RSA term (token similarity vs CLIP low-level similarity)."""
     hlv: float = 1e-3
+    """lambda_hlv: weight of the high-level RSA term."""
 
 
 @dataclass
@@ -140,11 +150,16 @@ class TrainConfig:
     grad_accum_steps: int = 1
     """Global batch = micro_batch_size x grad_accum_steps x world size (derived, never set)."""
     max_steps: int = 20000
+    """Optimizer steps of the run (or of each adaptation run)."""
     optimizer: Literal["adamw", "adam"] = "adamw"
+    """adamw: decoupled weight decay; adam: L2 weight decay (the paper's Adam)."""
     lr: float = 1e-4
+    """Peak learning rate, after the linear warmup; then cosine decay to lr x min_lr_ratio."""
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """Adam's (beta1, beta2)."""
     warmup_steps: int = 500
+    """Steps of linear warmup from 0 (0: none)."""
     min_lr_ratio: float = 0.0
     """Cosine decay ends at lr x min_lr_ratio."""
     grad_clip: float = 1.0
@@ -152,30 +167,37 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 on GPU, fp32 on CPU (bf16 matmul is ~250x slower on CPUs without AMX)."""
     save_every: int = 1000
+    """Steps between checkpoints (and one at the last step)."""
     eval_every: int = 500
+    """Steps between validations (mAP on every dataset's val split; the best export goes to best/)."""
     log_every: int = 10
+    """Steps between records in metrics.jsonl (and progress lines)."""
     num_workers: int = 2
-    """DataLoader workers per rank."""
+    """DataLoader workers per dataset and per rank (each holds a shuffle buffer; 0: load in the rank)."""
 
 
 @dataclass
 class WandbConfig:
     project: str = "mused-fm"
+    """W&B project of the run."""
     mode: Literal["online", "offline", "disabled"] = "disabled"
+    """online, offline (sync later with `wandb sync`) or disabled; WANDB_MODE=disabled also turns it off."""
     entity: str = ""
+    """W&B team or user; empty: your default entity."""
 
 
 @dataclass
 class LogConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases logging, on rank 0."""
 
 
 @dataclass
 class AdaptConfig:
     """New subjects by token-only fine-tuning (launch/adapt_subject.py, recipes/new_subject.yaml).
 
-    The model, its datasets and the loss come from `checkpoint` (an export); train.* sets the
-    optimizer, steps and batch of the fine-tuning, data.datasets stays empty.
+    The model and its datasets come from `checkpoint` (an export); train.* sets the optimizer, steps
+    and batch of the fine-tuning.
     """
 
     checkpoint: str = ""
@@ -185,14 +207,17 @@ class AdaptConfig:
     subjects: list[str] = field(default_factory=list)
     """Global ids of the subjects to add, e.g. nsd/subj08."""
     out: str = "runs/adapt"
-    """Output: export/ (the model with the new subjects), metrics.jsonl, eval.json, curve.json."""
-    fraction: float = 1.0
-    """Share of each new subject's training samples used (seeded subset)."""
-    fractions: list[float] = field(default_factory=list)
-    """Data-efficiency sweep: token-only vs single-subject from scratch vs full fine-tuning at each
-    fraction; writes curve.json and curve.png. Empty: one token-only run at `fraction`."""
+    """Output: export/ (the model with the new subjects), eval.json, curve.json, config.yaml and
+    runs/<method>_f<fraction>/metrics.jsonl."""
+    fractions: list[float] = field(default_factory=lambda: [1.0])
+    """Shares of each new subject's training samples (seeded subsets): one run per method and fraction.
+    The export is the token-only run at the largest fraction."""
+    methods: list[Literal["tokens", "scratch", "full"]] = field(default_factory=lambda: ["tokens"])
+    """tokens: the new subjects' two tokens only; scratch: a single-subject model from scratch (SS-ViT);
+    full: trunk, subject tokens and the new subjects' datasets' tokenizers and heads, from the trained
+    model. Must include tokens."""
     reference: str = ""
-    """Sweep only: export of a model pretrained with the new subjects (the curve's in_pretraining point)."""
+    """Export of a model pretrained with the new subjects: the curve's in_pretraining point."""
     replace: bool = False
     """Re-learn subjects that are already in the registry instead of refusing them."""
     patience: int = 4
@@ -214,27 +239,53 @@ _DERIVED_DEEPSPEED_KEYS = {
 }
 
 
+_DEFAULT_ZERO_STAGE = 2
+
+
 @dataclass
-class Recipe:
+class BaseRecipe:
+    """What every run has: its name and seed, the loss, the optimisation, DeepSpeed and logging."""
+
     run: RunConfig = field(default_factory=RunConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    deepspeed: dict[str, Any] = field(default_factory=lambda: {"zero_optimization": {"stage": 2}})
+    deepspeed: dict[str, Any] = field(default_factory=lambda: {"zero_optimization": {"stage": _DEFAULT_ZERO_STAGE}})
     """Pass-through DeepSpeed keys (ZeRO stage, offload, ...). Batch, optimizer and precision keys
     are derived from train.* and refused here."""
     log: LogConfig = field(default_factory=LogConfig)
-    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+
+    @property
+    def zero_stage(self) -> int:
+        """deepspeed.zero_optimization.stage (2 unless the recipe says otherwise)."""
+        zero = self.deepspeed.get("zero_optimization", {})
+        stage = zero.get("stage", _DEFAULT_ZERO_STAGE) if isinstance(zero, dict) else zero
+        return stage
+
+
+@dataclass
+class Recipe(BaseRecipe):
+    """A training run: a model and its datasets (launch/train.py)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     def subject_ids(self) -> list[str]:
         """Global subject ids listed by the recipe, dataset by dataset ('nsd/subj01', ...)."""
-        return [f"{name}/{s}" for name, ds in self.data.datasets.items() for s in ds.subjects]
+        return [global_id(name, s) for name, ds in self.data.datasets.items() for s in ds.subjects]
+
+
+@dataclass
+class AdaptRecipe(BaseRecipe):
+    """New subjects added to a trained model (launch/adapt_subject.py): the model comes from adapt.checkpoint."""
+
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
 
 # --------------------------------------------------------------------------------------------
 # Loading, merging, validating
 # --------------------------------------------------------------------------------------------
+
+R = TypeVar("R", bound=BaseRecipe)
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -256,8 +307,12 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def load_recipe(path: str | Path | Sequence[str | Path] | None, overrides: Iterable[str] = ()) -> Recipe:
+def load_recipe(
+    path: str | Path | Sequence[str | Path] | None, overrides: Iterable[str] = (), kind: type[R] = Recipe
+) -> R:
     """Defaults, then the YAML at `path` (None: defaults only), then `section.key=value` overrides.
+
+    `kind` is the recipe type: Recipe (training, the default) or AdaptRecipe (new subjects).
 
     `path` may be a list of recipes: each is merged over the ones before it, so a small recipe that
     holds only what differs (recipes/compare/ms_emb.yaml: `model: {subject_tokens: one}`) layers on a
@@ -275,12 +330,14 @@ def load_recipe(path: str | Path | Sequence[str | Path] | None, overrides: Itera
         if not isinstance(layer_delta, dict):
             raise RecipeError(f"{layer}: a recipe is a mapping of sections, got {type(layer_delta).__name__}.")
         _deep_update(delta, layer_delta)
-    return recipe_from_dict(delta, overrides, source=" + ".join(map(str, paths)) or "defaults")
+    return recipe_from_dict(delta, overrides, source=" + ".join(map(str, paths)) or "defaults", kind=kind)
 
 
-def recipe_from_dict(delta: Mapping[str, Any], overrides: Iterable[str] = (), source: str = "recipe") -> Recipe:
-    """Build a validated Recipe from a nested delta (as in a YAML file) and dotted overrides."""
-    recipe = Recipe()
+def recipe_from_dict(
+    delta: Mapping[str, Any], overrides: Iterable[str] = (), source: str = "recipe", kind: type[R] = Recipe
+) -> R:
+    """Build a validated recipe of type `kind` from a nested delta (as in a YAML file) and dotted overrides."""
+    recipe = kind()
     problems: list[str] = []
     removed: list[str] = []
     _merge(recipe, delta, "", problems, False, removed)
@@ -297,7 +354,7 @@ def recipe_from_dict(delta: Mapping[str, Any], overrides: Iterable[str] = (), so
         _merge(recipe, nested, "", override_problems, True, removed)
         problems.extend(f"override {item!r}: {p}" for p in override_problems)
     for dotted in removed:  # a dataset dropped by `null` takes its loss weights with it
-        if dotted.startswith("data.datasets.") and dotted.removeprefix("data.datasets.") not in recipe.data.datasets:
+        if isinstance(recipe, Recipe) and dotted.removeprefix("data.datasets.") not in recipe.data.datasets:
             recipe.loss.weights.pop(dotted.removeprefix("data.datasets."), None)
     if not problems:
         problems.extend(_validate(recipe))
@@ -308,18 +365,14 @@ def recipe_from_dict(delta: Mapping[str, Any], overrides: Iterable[str] = (), so
     return recipe
 
 
-def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+def recipe_to_dict(recipe: BaseRecipe) -> dict[str, Any]:
     """Plain nested dict (YAML/JSON-safe) of a recipe."""
     return dataclasses.asdict(recipe)
 
 
-def save_recipe(recipe: Recipe, path: str | Path) -> None:
-    """Write the resolved recipe as YAML; load_recipe(path) gives it back unchanged."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-    tmp.replace(path)
+def save_recipe(recipe: BaseRecipe, path: str | Path) -> None:
+    """Write the resolved recipe as YAML; load_recipe(path, kind=type(recipe)) gives it back unchanged."""
+    write_text(path, yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
 
 
 def _merge(obj: Any, delta: Any, prefix: str, problems: list[str], from_cli: bool, removed: list[str]) -> None:
@@ -431,8 +484,17 @@ def _coerce(value: Any, tp: Any, from_cli: bool) -> Any:
     raise TypeError(f"unsupported field type {tp!r}")  # a config.py bug, not a recipe error
 
 
-def _validate(recipe: Recipe) -> list[str]:
+def _validate(recipe: BaseRecipe) -> list[str]:
     """Checks that need more than one field; every problem is returned, none raised."""
+    issues = _validate_common(recipe)
+    if isinstance(recipe, Recipe):
+        issues.extend(_validate_training(recipe))
+    if isinstance(recipe, AdaptRecipe):
+        issues.extend(_validate_adaptation(recipe.adapt))
+    return issues
+
+
+def _validate_training(recipe: Recipe) -> list[str]:
     issues: list[str] = []
     m, t = recipe.model, recipe.train
     for name in ("dim", "depth", "heads"):
@@ -446,8 +508,7 @@ def _validate(recipe: Recipe) -> list[str]:
         issues.append(f"model.volume_channels must be a non-empty list of positive ints, got {m.volume_channels}.")
     if not 0.0 <= m.dropout < 1.0:
         issues.append(f"model.dropout must be in [0, 1), got {m.dropout}.")
-
-    if not recipe.data.datasets and recipe.adapt == AdaptConfig():  # adaptation recipes take them from the model
+    if not recipe.data.datasets:
         issues.append("data.datasets is empty: add at least one dataset, e.g. data.datasets.nsd.url=PATH.")
     for name, ds in recipe.data.datasets.items():
         key = f"data.datasets.{name}"
@@ -473,19 +534,34 @@ def _validate(recipe: Recipe) -> list[str]:
             if getattr(w, lam) < 0:
                 issues.append(f"loss.weights.{name}.{lam} must be >= 0, got {getattr(w, lam)}.")
 
-    for name in ("micro_batch_size", "grad_accum_steps", "max_steps", "save_every", "eval_every", "log_every"):
-        if getattr(t, name) < 1:
-            issues.append(f"train.{name} must be >= 1, got {getattr(t, name)}.")
-    a = recipe.adapt
-    if not all(0 < f <= 1 for f in [a.fraction, *a.fractions]):
-        issues.append(f"adapt.fraction and adapt.fractions must be in (0, 1], got {a.fraction} and {a.fractions}.")
-    if a.patience < 1:
-        issues.append(f"adapt.patience must be >= 1, got {a.patience}.")
     if t.micro_batch_size < len(recipe.data.datasets):
         issues.append(
             f"train.micro_batch_size ({t.micro_batch_size}) must give every dataset at least one "
             f"sample per step ({len(recipe.data.datasets)} datasets)."
         )
+    return issues
+
+
+def _validate_adaptation(a: AdaptConfig) -> list[str]:
+    issues: list[str] = []
+    if not a.fractions or not all(0 < f <= 1 for f in a.fractions) or len(set(a.fractions)) != len(a.fractions):
+        issues.append(f"adapt.fractions must be distinct numbers in (0, 1], at least one; got {a.fractions}.")
+    if "tokens" not in a.methods or len(set(a.methods)) != len(a.methods):
+        issues.append(
+            f"adapt.methods must list tokens (the export is the token-only result), each method once; "
+            f"got {a.methods}."
+        )
+    if a.patience < 1:
+        issues.append(f"adapt.patience must be >= 1, got {a.patience}.")
+    return issues
+
+
+def _validate_common(recipe: BaseRecipe) -> list[str]:
+    issues: list[str] = []
+    t = recipe.train
+    for name in ("micro_batch_size", "grad_accum_steps", "max_steps", "save_every", "eval_every", "log_every"):
+        if getattr(t, name) < 1:
+            issues.append(f"train.{name} must be >= 1, got {getattr(t, name)}.")
     if t.lr <= 0:
         issues.append(f"train.lr must be > 0, got {t.lr}.")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
@@ -498,8 +574,7 @@ def _validate(recipe: Recipe) -> list[str]:
     for key, owner in _DERIVED_DEEPSPEED_KEYS.items():
         if key in recipe.deepspeed:
             issues.append(f"deepspeed.{key} is derived from {owner}; remove it from the recipe.")
-    zero = recipe.deepspeed.get("zero_optimization", {})
-    stage = zero.get("stage", 0) if isinstance(zero, dict) else zero
+    stage = recipe.zero_stage
     if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
         issues.append(f"deepspeed.zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}.")
     return issues

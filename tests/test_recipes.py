@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
-from mused_fm.config import load_recipe, save_recipe
+from mused_fm.config import AdaptRecipe, LossWeights, Recipe, RecipeError, load_recipe, recipe_to_dict, save_recipe
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+ADAPTATION = {"new_subject"}  # AdaptRecipe files; the others are training recipes
+
+
+def _kind(path: Path) -> type:
+    return AdaptRecipe if path.stem in ADAPTATION else Recipe
 
 
 def test_recipes_exist():
@@ -17,9 +25,9 @@ def test_recipes_exist():
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_recipe_loads_and_round_trips(path, tmp_path):
-    recipe = load_recipe(path)
+    recipe = load_recipe(path, kind=_kind(path))
     save_recipe(recipe, tmp_path / "config.yaml")
-    assert load_recipe(tmp_path / "config.yaml") == recipe
+    assert load_recipe(tmp_path / "config.yaml", kind=_kind(path)) == recipe
 
 
 def test_flagship_shape():
@@ -56,10 +64,6 @@ def _leaves(tree: dict, prefix: str = "") -> dict:
 
 @pytest.mark.parametrize("path", COMPARE, ids=lambda p: p.stem)
 def test_compare_recipe_changes_only_its_own_keys(path):
-    import yaml
-
-    from mused_fm.config import recipe_to_dict
-
     demo = RECIPES[0].parent / "demo.yaml"
     base, layered = _leaves(recipe_to_dict(load_recipe(demo))), _leaves(recipe_to_dict(load_recipe([demo, path])))
     changed = {k for k in layered if layered[k] != base.get(k)}
@@ -75,3 +79,80 @@ def test_layers_apply_in_order_and_null_drops_a_dataset():
     assert load_recipe([ss, demo]).train.max_steps == load_recipe(demo).train.max_steps  # the later layer wins
     with pytest.raises(ValueError, match=r"nope\.yaml"):
         load_recipe([demo, RECIPES[0].parent / "nope.yaml"])
+
+
+def _resolved(paths: list[Path], kind: type) -> dict:
+    """The recipe as behaviour sees it: a dataset's loss weights listed at their defaults equal absent ones."""
+    tree = recipe_to_dict(load_recipe(paths, kind=kind))
+    for name in tree.get("data", {}).get("datasets", {}):
+        tree["loss"]["weights"].setdefault(name, dataclasses.asdict(LossWeights()))
+    return tree
+
+
+def _paths_to_leaves(tree: dict, prefix: tuple = ()) -> list[tuple]:
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.extend(_paths_to_leaves(value, (*prefix, key)))
+        else:
+            out.append((*prefix, key))
+    return out
+
+
+LAYERED = [(p,) for p in RECIPES] + [(RECIPES[0].parent / "demo.yaml", p) for p in COMPARE]
+
+
+@pytest.mark.parametrize("paths", LAYERED, ids=lambda ps: "+".join(p.stem for p in ps))
+def test_recipes_hold_only_what_differs_from_the_defaults(paths, tmp_path):
+    """Every key of a recipe changes the resolved recipe: one equal to its default (or to the base it is
+    layered on) is a second place for that default, which the code may later change without it."""
+    kind, last = _kind(paths[-1]), paths[-1]
+    resolved = _resolved(list(paths), kind)
+    tree = yaml.safe_load(last.read_text())
+    redundant = []
+    for leaf in _paths_to_leaves(tree):
+        trimmed = copy.deepcopy(tree)
+        parent = trimmed
+        for key in leaf[:-1]:
+            parent = parent[key]
+        del parent[leaf[-1]]
+        (tmp_path / last.name).write_text(yaml.safe_dump(trimmed))
+        try:
+            same = _resolved([*paths[:-1], tmp_path / last.name], kind) == resolved
+        except RecipeError:  # needed: the recipe is invalid without it
+            same = False
+        if same:
+            redundant.append(".".join(map(str, leaf)))
+    assert not redundant, f"{last.name}: {redundant} equal what the recipe has without them; remove them"
+
+
+def test_a_training_run_saves_no_adaptation_block(tmp_path):
+    save_recipe(load_recipe(RECIPES[0].parent / "demo.yaml"), tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert "adapt" not in saved and {"model", "data"} <= set(saved)
+    with pytest.raises(RecipeError, match=r"unknown key 'adapt'"):
+        load_recipe(RECIPES[0].parent / "demo.yaml", ["adapt.fractions=0.5"])
+
+
+def test_adaptation_recipe_asks_for_one_fraction_or_a_sweep_with_one_key():
+    path = RECIPES[0].parent / "new_subject.yaml"
+    one = load_recipe(path, ["adapt.fractions=0.1"], kind=AdaptRecipe)
+    assert one.adapt.fractions == [0.1] and one.adapt.methods == ["tokens"]
+    sweep = load_recipe(path, ["adapt.fractions=0.1,1.0", "adapt.methods=tokens,scratch,full"], kind=AdaptRecipe)
+    assert sweep.adapt.fractions == [0.1, 1.0] and sweep.adapt.methods == ["tokens", "scratch", "full"]
+    assert not hasattr(one, "model") and not hasattr(one, "data")
+    with pytest.raises(RecipeError, match=r"adapt\.methods must list tokens"):
+        load_recipe(path, ["adapt.methods=scratch"], kind=AdaptRecipe)
+    with pytest.raises(RecipeError, match=r"adapt\.fractions must be distinct numbers in \(0, 1\]"):
+        load_recipe(path, ["adapt.fractions=0,1.5"], kind=AdaptRecipe)
+    with pytest.raises(RecipeError, match=r"unknown key 'adapt\.fraction'\. Did you mean 'adapt\.fractions'"):
+        load_recipe(path, ["adapt.fraction=0.5"], kind=AdaptRecipe)
+
+
+def test_the_zero_stage_has_one_default():
+    recipe = load_recipe(RECIPES[0].parent / "demo.yaml")
+    assert recipe.zero_stage == 2 and "zero_optimization" not in yaml.safe_load(
+        (RECIPES[0].parent / "demo.yaml").read_text()
+    )
+    assert load_recipe(RECIPES[0].parent / "demo.yaml", ["deepspeed.zero_optimization.stage=3"]).zero_stage == 3
+    assert load_recipe(RECIPES[0].parent / "demo.yaml", ["deepspeed.zero_optimization={}"]).zero_stage == 2

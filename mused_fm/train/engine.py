@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mused_fm.config import Recipe
+from mused_fm.config import BaseRecipe
 from mused_fm.distributed import DistInfo, barrier
 from mused_fm.errors import CheckpointError
 from mused_fm.train.checkpoints import newest_complete, record_complete
@@ -99,7 +99,7 @@ def init_distributed() -> DistInfo:
     return DistInfo(torch.distributed.get_rank(), local_rank, torch.distributed.get_world_size(), device)
 
 
-def resolve_precision(recipe: Recipe, device: torch.device) -> str:
+def resolve_precision(recipe: BaseRecipe, device: torch.device) -> str:
     """train.precision, with auto = bf16 on GPU and fp32 on CPU (bf16 matmul is ~250x slower there)."""
     precision = recipe.train.precision
     if precision == "auto":
@@ -107,12 +107,8 @@ def resolve_precision(recipe: Recipe, device: torch.device) -> str:
     return precision
 
 
-def zero_stage(recipe: Recipe) -> int:
-    zero = recipe.deepspeed.get("zero_optimization", {})
-    return int(zero.get("stage", 0) if isinstance(zero, dict) else zero)
 
-
-def deepspeed_config(recipe: Recipe, precision: str, total_steps: int | None = None) -> dict[str, Any]:
+def deepspeed_config(recipe: BaseRecipe, precision: str, total_steps: int | None = None) -> dict[str, Any]:
     """The DeepSpeed config of a recipe: the pass-through `deepspeed:` keys plus the derived ones.
 
     train_batch_size is left to DeepSpeed (micro x accumulation x world size), so the same recipe
@@ -151,7 +147,8 @@ def deepspeed_config(recipe: Recipe, precision: str, total_steps: int | None = N
         "steps_per_print": 10**9,  # progress is ours (rank 0 only)
         "wall_clock_breakdown": False,
     }
-    config.setdefault("zero_optimization", {"stage": 0})
+    # The stage the recipe resolves to, written out: DeepSpeed's own default (0) must never apply.
+    config["zero_optimization"] = {**recipe.deepspeed.get("zero_optimization", {}), "stage": recipe.zero_stage}
     return config
 
 
@@ -177,11 +174,11 @@ class _WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
 class Engine:
     """A DeepSpeed engine around `module`, with the checkpoint and export conventions of a run."""
 
-    def __init__(self, module: nn.Module, recipe: Recipe, dist: DistInfo, total_steps: int | None = None) -> None:
+    def __init__(self, module: nn.Module, recipe: BaseRecipe, dist: DistInfo, total_steps: int | None = None) -> None:
         self.dist = dist
         self.precision = resolve_precision(recipe, dist.device)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        self.stage = zero_stage(recipe)
+        self.stage = recipe.zero_stage
         self.config = deepspeed_config(recipe, self.precision, total_steps)
         trainable = [p for p in module.parameters() if p.requires_grad]
         if not trainable:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from mused_fm.config import Recipe, recipe_to_dict
+from mused_fm.config import BaseRecipe, recipe_to_dict
 from mused_fm.files import dumps_json, json_safe, write_text
 from mused_fm.machine import device_info, git_commit
 
@@ -65,7 +65,7 @@ def run_info(world_size: int, stage: int, precision: str, device: torch.device, 
 class RunLog:
     """Rank-0 writer of a run's records; on other ranks every method does nothing."""
 
-    def __init__(self, out_dir: Path, recipe: Recipe, is_main: bool, resume_step: int, total_steps: int) -> None:
+    def __init__(self, out_dir: Path, recipe: BaseRecipe, is_main: bool, resume_step: int, total_steps: int) -> None:
         self.out_dir, self.is_main, self.total_steps = out_dir, is_main, total_steps
         self.path = out_dir / METRICS
         self.wandb = None
