@@ -2,6 +2,7 @@
 #   make install   build .venv (idempotent): pinned torch first, then this package with its dev extra
 #   make test      install if needed, then run the test suite
 #   make lint      ruff
+#   make recipe-doc  regenerate the README's recipe reference from mused_fm/config.py
 # GPU users: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 
 PYTHON ?= python3
@@ -15,7 +16,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= disabled
 
-.PHONY: install test test-fast lint bench demo demo-compare clean
+.PHONY: install test test-fast lint bench demo demo-compare clean recipe-doc
 
 install: $(STAMP)
 
@@ -37,6 +38,10 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# The README's recipe reference, from the dataclasses in mused_fm/config.py (a test checks it is current).
+recipe-doc: install
+	$(PY) -m mused_fm.recipe_reference --write README.md
 
 bench: install
 	$(PY) -m mused_fm.bench model --rounds 9 --json docs/bench_model.json

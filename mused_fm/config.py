@@ -156,6 +156,7 @@ class TrainConfig:
     lr: float = 1e-4
     """Peak learning rate, after the linear warmup; then cosine decay to lr x min_lr_ratio."""
     weight_decay: float = 0.0
+    """Weight decay (decoupled for adamw, L2 for adam)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     """Adam's (beta1, beta2)."""
     warmup_steps: int = 500
