@@ -7,20 +7,21 @@
 
 Every weight but the new subjects' two tokens stays bit-for-bit unchanged (checked before the
 export is written). The out directory gets export/ (the model with the subjects added), eval.json
-(their test metrics), metrics.jsonl, and with --fractions curve.json and curve.png.
+(their test metrics), curve.json (one point per run), config.yaml and runs/<method>_f<fraction>/
+metrics.jsonl; with --fractions (the sweep: token-only, single-subject from scratch and full
+fine-tuning at each fraction) also curve.png.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from pathlib import Path
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "new_subject.yaml"
-FLAGS = {"checkpoint": "adapt.checkpoint", "shards": "adapt.shards", "subjects": "adapt.subjects", "out": "adapt.out",
-         "fraction": "adapt.fraction", "fractions": "adapt.fractions", "reference": "adapt.reference"}  # fmt: skip
+FLAGS = {"checkpoint": "adapt.checkpoint", "shards": "adapt.shards", "subjects": "adapt.subjects", "out": "adapt.out"}
+FLAGS |= {"reference": "adapt.reference", "fraction": "adapt.fractions", "fractions": "adapt.fractions"}
+SWEEP = "adapt.methods=tokens,scratch,full"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,33 +31,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="export (or run) directory of the trained model")
     parser.add_argument("--shards", help="shard sets holding the new subjects, comma-separated")
     parser.add_argument("--subjects", help="global ids to add, comma-separated (nsd/subj08)")
-    parser.add_argument("--fraction", help="share of the new subjects' training samples (default 1)")
-    parser.add_argument("--fractions", help="sweep: e.g. 0.01,0.05,0.1,0.25,1.0 (writes curve.json, curve.png)")
-    parser.add_argument("--reference", help="sweep: export of a model pretrained with these subjects")
+    amount = parser.add_mutually_exclusive_group()
+    amount.add_argument("--fraction", help="share of the new subjects' training samples (default 1)")
+    amount.add_argument("--fractions", help="sweep: e.g. 0.01,0.05,0.1,0.25,1.0 (all three methods; curve.png)")
+    parser.add_argument("--reference", help="export of a model pretrained with these subjects (in_pretraining)")
     parser.add_argument("--replace", action="store_true", help="re-learn subjects already in the registry")
     parser.add_argument("--out", help="output directory")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.recipe and "=" in args.recipe:  # only overrides were given
         args.overrides, args.recipe = [args.recipe, *args.overrides], str(DEFAULT_RECIPE)
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s | rank {rank} | %(levelname)s | %(name)s | %(message)s")  # fmt: skip
     overrides = [f"{key}={getattr(args, flag)}" for flag, key in FLAGS.items() if getattr(args, flag) is not None]
-    if args.replace:
-        overrides.append("adapt.replace=true")
-    from mused_fm.config import load_recipe
+    overrides += [SWEEP] if args.fractions else []
+    overrides += ["adapt.replace=true"] if args.replace else []
+    from mused_fm.entry import run_entry
+    from mused_fm.log import init_logging
 
-    try:
-        recipe = load_recipe(args.recipe, [*overrides, *args.overrides])
-        from mused_fm.adapt import adapt
+    init_logging()
+    return run_entry(lambda: _adapt(args.recipe, [*overrides, *args.overrides]))
 
-        out = adapt(recipe)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if rank == 0:
-        print(f"wrote {out}")
+
+def _adapt(recipe_path: str, overrides: list[str]) -> int:
+    from mused_fm.adapt import adapt
+    from mused_fm.config import AdaptRecipe, load_recipe
+
+    result = adapt(load_recipe(recipe_path, overrides, kind=AdaptRecipe))
+    if len(result.curve) > 1:  # rank 0 holds the points; a sweep gets its figure
+        from mused_fm.report.figures import plot_curve
+
+        plot_curve(result.curve, result.out / "curve.png", ", ".join(result.subjects))
+    if result.curve:
+        print(f"wrote {result.out}")
     return 0
 
 

@@ -6,17 +6,15 @@
 --checkpoint is an export directory (or a run directory, whose export/ is used). Each shard set is
 matched to the model's dataset of the same name; its subjects that the model knows are evaluated
 (--subjects to choose), each test sample exactly once. The JSON has the form
-{"datasets": {"nsd": {"mAP", "AUC", "hamming", "n", "subject_mean"}}, "subjects": {"nsd/subj01": {...}}}.
+{"datasets": {"nsd": {"mAP", "AUC", "hamming", "n", "n_skipped", "subject_mean"}}, "subjects": {"nsd/subj01": {...}}};
+n_skipped counts samples of unreadable shards or records (named in the log).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
-
-logger = logging.getLogger("mused_fm.evaluate")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,22 +24,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--subjects", default="", help="global ids to evaluate, comma-separated (default: all known)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--json", required=True, help="where to write the metrics")
+    parser.add_argument("--json", required=True, help="where to write the metrics (a file or an s3:// URL)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    from mused_fm.entry import run_entry
+    from mused_fm.log import init_logging
 
+    init_logging()
+    return run_entry(lambda: _evaluate(args))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from mused_fm.evaluate import evaluate_model, write_json
+    from mused_fm.data.storage import write_json
+    from mused_fm.evaluate import evaluate_model
 
-    try:
-        wanted = [s for s in args.subjects.split(",") if s]
-        metrics = evaluate_model(Path(args.checkpoint), args.shards, args.split, args.batch_size, wanted,
-                                 torch.device("cuda" if torch.cuda.is_available() else "cpu"))  # fmt: skip
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    wanted = [s for s in args.subjects.split(",") if s]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    metrics = evaluate_model(Path(args.checkpoint), args.shards, args.split, args.batch_size, wanted, device)
     write_json(args.json, metrics)
     for name, m in metrics["datasets"].items():
         print(f"{name}: mAP {m['mAP']:.4f}  AUC {m['AUC']:.4f}  hamming {m['hamming']:.4f}  (n={m['n']}, {args.split})")

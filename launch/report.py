@@ -13,7 +13,6 @@ subjects; the new-subject data-efficiency curve (when adapt/curve.json exists).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 
@@ -23,15 +22,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", action="append", default=[], help="shard folder or s3:// prefix (repeatable)")
     parser.add_argument("--attention-samples", type=int, default=256, help="test samples per subject for attention")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    from mused_fm.entry import run_entry
+    from mused_fm.log import init_logging
+
+    init_logging()
+    return run_entry(lambda: _report(args))
+
+
+def _report(args: argparse.Namespace) -> int:
     from mused_fm.report import write_report
 
-    try:
-        path = write_report(args.dir, args.shards, args.attention_samples)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
+    print(f"wrote {write_report(args.dir, args.shards, args.attention_samples)}")
     return 0
 
 

@@ -6,13 +6,12 @@
     torchrun --nproc_per_node 8 launch/train.py recipes/nsd_hcp.yaml
     python launch/train.py recipes/demo.yaml            # one process
 
-Rerunning the same command continues from RUN_DIR/checkpoints/latest.
+Rerunning the same command continues from the newest complete checkpoint in RUN_DIR/checkpoints/.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -25,24 +24,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
     args = parser.parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s | rank {rank} | %(levelname)s | %(name)s | %(message)s",
-    )
+    from mused_fm.entry import run_entry
+    from mused_fm.log import init_logging
+
+    init_logging()
+    return run_entry(lambda: _train(args))
+
+
+def _train(args: argparse.Namespace) -> int:
     from mused_fm.config import load_recipe
+    from mused_fm.train.loop import train
 
-    try:
-        layers = [a for a in args.overrides if "=" not in a and a.endswith((".yaml", ".yml"))]
-        overrides = [a for a in args.overrides if a not in layers]
-        recipe = load_recipe([args.recipe, *layers], overrides)
-        from mused_fm.train.loop import train
-
-        export = train(recipe)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if rank == 0:
+    layers = [a for a in args.overrides if "=" not in a and a.endswith((".yaml", ".yml"))]
+    overrides = [a for a in args.overrides if a not in layers]
+    export = train(load_recipe([args.recipe, *layers], overrides))
+    if int(os.environ.get("RANK", "0")) == 0:
         print(f"exported to {export}")
     return 0
 

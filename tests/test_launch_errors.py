@@ -1,0 +1,73 @@
+"""How entry points fail: named errors as one line (exit 2), bugs with their traceback, and in a job of
+several ranks one failing rank ends the job instead of leaving the others waiting in a collective."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mused_fm.entry import run_entry
+from mused_fm.errors import RecipeError
+
+from train_helpers import ROOT, child_env, free_port
+
+
+def test_a_named_error_is_one_line_and_exit_2(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {dpeth: 3}\n")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "train.py"), str(recipe)],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {recipe}: unknown key 'model.dpeth'. Did you mean 'model.depth'?"
+    ]
+
+
+def test_in_process_named_errors_return_2_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+    def named() -> int:
+        raise RecipeError("bad key")
+
+    assert run_entry(named) == 2 and capsys.readouterr().err == "error: bad key\n"
+
+    def bug() -> int:
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        run_entry(bug)
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"), [("named", "error: rank 1 cannot go on"), ("bug", "RuntimeError: rank 1 has a bug")]
+)
+def test_one_failing_rank_ends_the_job(kind, says):
+    """The exit code is the first failing process's: rank 1's, or rank 0's when gloo reports the lost peer first."""
+    launcher = Path(sys.executable).with_name("deepspeed")
+    cmd = [
+        str(launcher),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(ROOT / "tests" / "failing_rank_worker.py"),
+        kind,
+    ]
+    began = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=180)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    assert time.monotonic() - began < 120, "the job outlived its failing rank"
+    assert output.count(says) == 1, output[-3000:]
+    if kind == "bug":
+        assert "Traceback (most recent call last)" in output
