@@ -15,6 +15,7 @@ fine-tuning at each fraction) also curve.png.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def _adapt(recipe_path: str, overrides: list[str]) -> int:
         from mused_fm.report.figures import plot_curve
 
         plot_curve(result.curve, result.out / "curve.png", ", ".join(result.subjects))
-    if result.curve:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {result.out}")
     return 0
 

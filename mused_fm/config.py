@@ -549,8 +549,7 @@ def _validate_adaptation(a: AdaptConfig) -> list[str]:
         issues.append(f"adapt.fractions must be distinct numbers in (0, 1], at least one; got {a.fractions}.")
     if "tokens" not in a.methods or len(set(a.methods)) != len(a.methods):
         issues.append(
-            f"adapt.methods must list tokens (the export is the token-only result), each method once; "
-            f"got {a.methods}."
+            f"adapt.methods must list tokens (the export is the token-only result), each method once; got {a.methods}."
         )
     if a.patience < 1:
         issues.append(f"adapt.patience must be >= 1, got {a.patience}.")

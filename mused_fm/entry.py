@@ -7,9 +7,16 @@
 
 A `MusedError` (bad input a user can fix) prints `error: <message>` and exits 2. Any other exception is a
 bug: it keeps its traceback (exit 1). In a job of several ranks the failing process then leaves at once
-with os._exit, after flushing its output: a normal interpreter exit first joins DataLoader workers, S3 and
-logging threads, which can take long or block, while the other ranks wait in a collective. Its launcher
-(deepspeed, torchrun) sees the non-zero exit and stops the other ranks, so the job ends instead of hanging.
+with os._exit, its output flushed, and its launcher (deepspeed, torchrun) sees the non-zero exit and
+stops the other ranks, which may be waiting for it in a collective. Why not a normal exit, or a
+destroyed process group:
+- a normal exit first tears the interpreter down: joins DataLoader workers, runs atexit hooks and the
+  process group's destructor; with NCCL that destructor may wait for a collective the other ranks
+  never complete, so the failing process, and with it the job, would not end;
+- `torch.distributed.destroy_process_group()` blocks while a collective of this rank is still in flight
+  (measured with gloo: an async all_reduce the peer never joins kept it waiting until the job was killed).
+os._exit skips all of that; the kernel closes the sockets, so gloo peers fail at once ("Connection
+closed/reset by peer") and NCCL peers are stopped by the launcher.
 """
 
 from __future__ import annotations
@@ -17,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import traceback
 from collections.abc import Callable
 
 from mused_fm.errors import MusedError
@@ -26,11 +32,12 @@ __all__ = ["run_entry"]
 
 
 def _world_size() -> int:
+    """The job's size as every launcher states it (deepspeed, torchrun, MPI discovery, init_distributed)."""
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
 def _leave(code: int) -> None:
-    """End this process now, output flushed (multi-rank jobs only)."""
+    """End this process now, output flushed (multi-rank jobs only; see the module docstring)."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -38,7 +45,7 @@ def _leave(code: int) -> None:
 
 
 def run_entry(body: Callable[[], int]) -> int:
-    """Run a launcher's body and return its exit code; see the module docstring for failures."""
+    """Run a launcher's body and return its exit code: 2 for a named error; see the module docstring."""
     try:
         return body()
     except MusedError as err:
@@ -49,6 +56,7 @@ def run_entry(body: Callable[[], int]) -> int:
     except Exception:
         if _world_size() <= 1:
             raise
-        traceback.print_exc()
+        # As if uncaught: torch.distributed's hook prefixes every line with [rankN].
+        sys.excepthook(*sys.exc_info())
         _leave(1)
         raise  # not reached: _leave ends the process

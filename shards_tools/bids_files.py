@@ -71,8 +71,10 @@ def repetition_time(root: Path, bold: Path) -> float:
             if all(ent.get(k) == v for k, v in _entities(sidecar.name).items()):
                 merged.update(json.loads(sidecar.read_text()))
     if "RepetitionTime" not in merged:
-        raise ValueError(f"no RepetitionTime for {bold}: add it to {bold.name.split('.')[0]}.json or an inherited "
-                         f"task-{ent.get('task', '<label>')}_bold.json at the dataset root.")  # fmt: skip
+        raise ValueError(
+            f"no RepetitionTime for {bold}: add it to {bold.name.split('.')[0]}.json or an inherited "
+            f"task-{ent.get('task', '<label>')}_bold.json at the dataset root."
+        )
     return float(merged["RepetitionTime"])
 
 
@@ -91,5 +93,7 @@ def read_labels(path: Path) -> dict[str, tuple[list[str], str]]:
         rows = list(csv.DictReader(f, delimiter="\t"))
     if not rows or not {"stim_file", "labels"} <= set(rows[0]):
         raise ValueError(f"{path}: expected a tab-separated header with stim_file, labels and optionally caption.")
-    return {r["stim_file"]: ([x.strip() for x in r["labels"].split(";") if x.strip()], (r.get("caption") or "").strip())
-            for r in rows}  # fmt: skip
+    return {
+        r["stim_file"]: ([x.strip() for x in r["labels"].split(";") if x.strip()], (r.get("caption") or "").strip())
+        for r in rows
+    }

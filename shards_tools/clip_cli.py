@@ -46,10 +46,13 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{path} (stimulus {stimulus!r} in {args.stimuli}) does not exist.")
         return np.asarray(Image.open(path).convert("RGB")), text
 
-    store = ClipStore(args.out, ClipFeaturizer(args.clip_model, args.batch_size, args.device), args.llv_dim,
-                      seed=args.seed)  # fmt: skip
+    store = ClipStore(
+        args.out, ClipFeaturizer(args.clip_model, args.batch_size, args.device), args.llv_dim, seed=args.seed
+    )
     features = store.features(list(table), load)
     llv = store.spec["llv"]
-    print(f"{args.out}/clip: {len(features)} stimuli, llv {llv['full_dim']} -> {llv['dim']} dims "
-          f"(similarity r = {llv['fidelity_r']:.4f}), hlv {store.spec['hlv']['dim']} dims")  # fmt: skip
+    print(
+        f"{args.out}/clip: {len(features)} stimuli, llv {llv['full_dim']} -> {llv['dim']} dims "
+        f"(similarity r = {llv['fidelity_r']:.4f}), hlv {store.spec['hlv']['dim']} dims"
+    )
     return 0

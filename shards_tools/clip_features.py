@@ -118,8 +118,9 @@ class ClipFeaturizer:
             llv.append(postprocess(vision.hidden_states[1].flatten(1).cpu()))
             image = self.model.visual_projection(vision.pooler_output)  # (n, P)
             groups = [[t] if isinstance(t, str) else list(t) for t in texts[start:stop]]
-            tokens = self.processor(text=[c for g in groups for c in g], return_tensors="pt", padding=True,
-                                    truncation=True).to(self.device)  # fmt: skip
+            tokens = self.processor(
+                text=[c for g in groups for c in g], return_tensors="pt", padding=True, truncation=True
+            ).to(self.device)
             text = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
             text = getattr(text, "pooler_output", text)  # (all candidates, P)
             chosen, offset = [], 0
@@ -138,8 +139,9 @@ class ClipFeaturizer:
 class ClipStore:
     """Cached, reduced features of an output's stimuli under OUT/clip/ (spec.json, llv_basis.npy, features.npz)."""
 
-    def __init__(self, out_url: str, featurizer: ClipFeaturizer, llv_dim: int, fit_samples: int = 2048,
-                 seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self, out_url: str, featurizer: ClipFeaturizer, llv_dim: int, fit_samples: int = 2048, seed: int = 0
+    ) -> None:
         self.root = storage.join(out_url, "clip")
         self.featurizer, self.llv_dim, self.fit_samples, self.seed = featurizer, llv_dim, fit_samples, seed
         self.spec: dict | None = None
@@ -209,17 +211,28 @@ class ClipStore:
         r = similarity_fidelity(test, self.basis.reduce(test))
         self.spec = {
             "model": self.featurizer.name,
-            "llv": {"layer": "vision hidden_states[1] (first transformer layer), flattened",
-                    "full_dim": self.featurizer.llv_full_dim, "dim": self.llv_dim,
-                    "reduction": "uncentered PCA fitted on the stimuli", "fit_stimuli": len(fit),
-                    "fidelity_r": r, "fidelity_stimuli": len(test), "fidelity_held_out": bool(held)},
+            "llv": {
+                "layer": "vision hidden_states[1] (first transformer layer), flattened",
+                "full_dim": self.featurizer.llv_full_dim,
+                "dim": self.llv_dim,
+                "reduction": "uncentered PCA fitted on the stimuli",
+                "fit_stimuli": len(fit),
+                "fidelity_r": r,
+                "fidelity_stimuli": len(test),
+                "fidelity_held_out": bool(held),
+            },
             "hlv": {"layer": "mean of projected image and text embeddings", "dim": self.featurizer.hlv_dim},
             "postprocess": f"clip at +-{CLIP_VALUE}, L2-normalise",
             "batch_size": self.featurizer.batch_size,  # float results depend slightly on batching and device
             "device": str(self.featurizer.device),
-        }  # fmt: skip
-        logger.info("llv reduction %d -> %d dims: similarity r = %.4f on %d held-out stimuli",
-                    self.featurizer.llv_full_dim, self.llv_dim, r, len(test))  # fmt: skip
+        }
+        logger.info(
+            "llv reduction %d -> %d dims: similarity r = %.4f on %d held-out stimuli",
+            self.featurizer.llv_full_dim,
+            self.llv_dim,
+            r,
+            len(test),
+        )
         buf = io.BytesIO()
         np.save(buf, self.basis.basis.astype(np.float16), allow_pickle=False)
         storage.write_bytes(storage.join(self.root, "llv_basis.npy"), buf.getvalue())
@@ -228,7 +241,11 @@ class ClipStore:
     def _save_cache(self) -> None:
         ids = sorted(self.cache)
         buf = io.BytesIO()
-        np.savez(buf, ids=np.array(ids), llv=np.stack([self.cache[i][0] for i in ids]),
-                 hlv=np.stack([self.cache[i][1] for i in ids]))  # fmt: skip
+        np.savez(
+            buf,
+            ids=np.array(ids),
+            llv=np.stack([self.cache[i][0] for i in ids]),
+            hlv=np.stack([self.cache[i][1] for i in ids]),
+        )
         storage.write_bytes(storage.join(self.root, "features.npz"), buf.getvalue())
         self._saved = len(ids)

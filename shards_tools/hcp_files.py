@@ -72,24 +72,32 @@ def run_path(root: Path, subject: str, run: int) -> Path:
     folder = f"tfMRI_{name.split('_')[0]}_7T_{phase}"
     path = root / subject / "MNINonLinear/Results" / folder / f"{folder}_hp2000_clean.nii.gz"
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: subject {subject} needs the four 7T movie runs "
-                                "(package 'Movie Task fMRI 1.6mm/59k FIX-Denoised') under --root.")  # fmt: skip
+        raise FileNotFoundError(
+            f"{path} is missing: subject {subject} needs the four 7T movie runs "
+            "(package 'Movie Task fMRI 1.6mm/59k FIX-Denoised') under --root."
+        )
     return path
 
 
 class HcpResources:
     """The movie resources, each found by its release file name anywhere below `root`."""
 
-    NAMES = ("WordNetFeatures.hdf5", "HCP_7T_Movie_Clip_Timing.csv", "HCP_7T_movie_V1_ReleasedSubjs.csv",
-             "HCP_7T_movie_V2_ReleasedSubjs.csv")  # fmt: skip
+    NAMES = (
+        "WordNetFeatures.hdf5",
+        "HCP_7T_Movie_Clip_Timing.csv",
+        "HCP_7T_movie_V1_ReleasedSubjs.csv",
+        "HCP_7T_movie_V2_ReleasedSubjs.csv",
+    )
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.files = {p.name: p for p in sorted(self.root.rglob("*")) if p.is_file()}
         missing = [n for n in self.NAMES if n not in self.files]
         if missing:
-            raise FileNotFoundError(f"{self.root} lacks {missing}: point --resources at the unpacked 7T movie "
-                                    "resources (default HCP_ROOT/7T_movie_resources).")  # fmt: skip
+            raise FileNotFoundError(
+                f"{self.root} lacks {missing}: point --resources at the unpacked 7T movie "
+                "resources (default HCP_ROOT/7T_movie_resources)."
+            )
 
     def versions(self) -> dict[str, str]:
         """{subject: 'V1' | 'V2'} from the two released-subject lists."""
@@ -103,8 +111,10 @@ class HcpResources:
     def movie(self, run: int, version: str) -> Path:
         name = f"7T_{MOVIES[run][0]}{'_v2' if version == 'V2' else ''}.mp4"
         if name not in self.files:
-            raise FileNotFoundError(f"{self.root} lacks the movie {name} (stimulus version {version}); unpack the "
-                                    "'7T Movie Stimulus Files' package below --resources.")  # fmt: skip
+            raise FileNotFoundError(
+                f"{self.root} lacks the movie {name} (stimulus version {version}); unpack the "
+                "'7T Movie Stimulus Files' package below --resources."
+            )
         return self.files[name]
 
     def timing(self, run: int, version: str) -> list[Block]:

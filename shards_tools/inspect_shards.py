@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import io
 
-from mused_fm.data.manifest import read_manifest, shard_url
+from mused_fm.data.manifest import Manifest
 from mused_fm.data.schema import SPLITS
 from mused_fm.data.tarfiles import decode_block, iter_raw_records, open_hashed
 
@@ -21,13 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def summarize(url: str) -> dict:
     """Counts per subject and split, classes, and bytes per sample (whole set and per member)."""
-    manifest = read_manifest(url)
-    info = manifest["info"]
-    shards = manifest["shards"]
+    manifest = Manifest.read(url)
+    info, shards = manifest.info, manifest.shards()
     samples = sum(s["count"] for s in shards)
     member_bytes: dict[str, float] = {}
     if shards:  # member sizes from the first shard: every sample of a subject has the same shapes
-        with open_hashed(shard_url(url, shards[0])) as raw:
+        with open_hashed(manifest.shard_url(shards[0])) as raw:
             seen = 0
             for key, members in iter_raw_records(io.BufferedReader(raw, 2**20)):
                 seen += len(decode_block(key, members))
@@ -35,10 +34,10 @@ def summarize(url: str) -> dict:
                     member_bytes[name] = member_bytes.get(name, 0) + len(data)
         member_bytes = {k: v / seen for k, v in member_bytes.items()}
     return {
-        "dataset": manifest["dataset"],
+        "dataset": manifest.dataset,
         "kind": info["kind"],
-        "subjects": {sid: sub["counts"] for sid, sub in manifest["subjects"].items()},
-        "splits": {split: sum(sub["counts"][split] for sub in manifest["subjects"].values()) for split in SPLITS},
+        "subjects": {sid: sub["counts"] for sid, sub in manifest.subjects.items()},
+        "splits": {split: sum(sub["counts"][split] for sub in manifest.subjects.values()) for split in SPLITS},
         "samples": samples,
         "shards": len(shards),
         "classes": info["classes"],
@@ -50,8 +49,10 @@ def summarize(url: str) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     s = summarize(args.url)
-    print(f"{args.url}: dataset {s['dataset']} ({s['kind']}), {s['samples']} samples in {s['shards']} shards, "
-          f"{s['bytes_per_sample'] / 1024:.1f} KiB/sample")  # fmt: skip
+    print(
+        f"{args.url}: dataset {s['dataset']} ({s['kind']}), {s['samples']} samples in {s['shards']} shards, "
+        f"{s['bytes_per_sample'] / 1024:.1f} KiB/sample"
+    )
     print(f"{'subject':<24}" + "".join(f"{split:>8}" for split in SPLITS))
     for sid, counts in s["subjects"].items():
         print(f"{sid:<24}" + "".join(f"{counts[split]:>8}" for split in SPLITS))
@@ -62,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"per sample: {members}")
     llv = s["clip"].get("llv", {})
     if "fidelity_r" in llv:
-        print(f"llv reduction: {llv['full_dim']} -> {llv['dim']} dims, similarity r = {llv['fidelity_r']:.4f} "
-              f"({'held-out' if llv.get('fidelity_held_out') else 'fitted'} stimuli)")  # fmt: skip
+        print(
+            f"llv reduction: {llv['full_dim']} -> {llv['dim']} dims, similarity r = {llv['fidelity_r']:.4f} "
+            f"({'held-out' if llv.get('fidelity_held_out') else 'fitted'} stimuli)"
+        )
     return 0

@@ -20,13 +20,22 @@ from pathlib import Path
 __all__ = ["add_arguments", "run"]
 
 logger = logging.getLogger(__name__)
-DUMMY_ENV = {"AWS_ACCESS_KEY_ID": "local-s3", "AWS_SECRET_ACCESS_KEY": "local-s3", "AWS_DEFAULT_REGION": "us-east-1",
-             "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+DUMMY_ENV = {
+    "AWS_ACCESS_KEY_ID": "local-s3",
+    "AWS_SECRET_ACCESS_KEY": "local-s3",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--upload", action="append", default=[], metavar="DIR=s3://BUCKET/PREFIX",
-                        help="copy a local folder to the server before the command runs (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--upload",
+        action="append",
+        default=[],
+        metavar="DIR=s3://BUCKET/PREFIX",
+        help="copy a local folder to the server before the command runs (repeatable)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
 
 

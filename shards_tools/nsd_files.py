@@ -89,8 +89,10 @@ class NsdLayout:
     def subject_dir(self, subject: str) -> Path:
         if not re.fullmatch(r"subj0[1-9]", subject):
             raise ValueError(f"NSD subject {subject!r}: expected subj01 ... subj08.")
-        return self._need(self.root / f"nsddata_betas/ppdata/{subject}/{self.space}/{self.betas}",
-                          f"the {self.betas} betas of {subject}")  # fmt: skip
+        return self._need(
+            self.root / f"nsddata_betas/ppdata/{subject}/{self.space}/{self.betas}",
+            f"the {self.betas} betas of {subject}",
+        )
 
     def sessions(self, subject: str) -> dict[int, Path]:
         """{session number: file} for every session present (.nii.gz preferred over .hdf5)."""
@@ -107,10 +109,13 @@ class NsdLayout:
         """(integer label volume X x Y x Z, {label: name}, path) of an atlas on the subject's grid."""
         import nibabel as nib
 
-        path = self._need(self.root / f"nsddata/ppdata/{subject}/{self.space}/roi/{atlas}.nii.gz",
-                          f"the {atlas} ROI volume of {subject}")  # fmt: skip
-        ctab = self._need(self.root / f"nsddata/freesurfer/fsaverage/label/{atlas}.mgz.ctab",
-                          f"the {atlas} label names")  # fmt: skip
+        path = self._need(
+            self.root / f"nsddata/ppdata/{subject}/{self.space}/roi/{atlas}.nii.gz",
+            f"the {atlas} ROI volume of {subject}",
+        )
+        ctab = self._need(
+            self.root / f"nsddata/freesurfer/fsaverage/label/{atlas}.mgz.ctab", f"the {atlas} label names"
+        )
         return np.asarray(nib.load(path).dataobj).astype(np.int64), read_ctab(ctab), path
 
 
@@ -147,15 +152,19 @@ def read_session_betas(path: Path, grid: tuple[int, int, int], voxels: np.ndarra
             elif tuple(betas.shape[:3]) == tuple(grid):  # already X x Y x Z x T
                 data = betas[()].reshape(-1, betas.shape[3])[voxels].T
             else:
-                raise ValueError(f"{path}: /betas has shape {betas.shape}; expected T x {grid[::-1]} (MATLAB order) "
-                                 f"or {grid} x T to match the ROI grid.")  # fmt: skip
+                raise ValueError(
+                    f"{path}: /betas has shape {betas.shape}; expected T x {grid[::-1]} (MATLAB order) "
+                    f"or {grid} x T to match the ROI grid."
+                )
     else:
         import nibabel as nib
 
         image = nib.load(path)
         if tuple(image.shape[:3]) != tuple(grid):
-            raise ValueError(f"{path}: betas grid {image.shape[:3]} differs from the ROI grid {tuple(grid)}; "
-                             "use ROI volumes of the same space (--space) as the betas.")  # fmt: skip
+            raise ValueError(
+                f"{path}: betas grid {image.shape[:3]} differs from the ROI grid {tuple(grid)}; "
+                "use ROI volumes of the same space (--space) as the betas."
+            )
         data = np.asarray(image.dataobj).reshape(-1, image.shape[3])[voxels].T
     data = data.astype(np.float32) / BETA_SCALE
     if not np.isfinite(data).all():

@@ -90,12 +90,23 @@ def run(args: argparse.Namespace) -> int:
     features = store.features(shown, load)
     roi_mode = args.atlas is not None
     groups = _groups(args) if roi_mode else []
-    info = DatasetInfo(dataset=args.site, kind="roi" if roi_mode else "volume", classes=classes, clip=store.spec,
-                       llv_dim=args.llv_dim, hlv_dim=featurizer.hlv_dim, roi_dim=args.roi_dim if roi_mode else 0,
-                       rois=[{"name": g, "labels": lab} for g, lab, _ in groups],
-                       volume_shape=[] if roi_mode else _common_grid(runs),
-                       extra={"delay_s": args.delay_s, "test_fraction": args.test_fraction,
-                              "val_fraction": args.val_fraction, "seed": args.seed})  # fmt: skip
+    info = DatasetInfo(
+        dataset=args.site,
+        kind="roi" if roi_mode else "volume",
+        classes=classes,
+        clip=store.spec,
+        llv_dim=args.llv_dim,
+        hlv_dim=featurizer.hlv_dim,
+        roi_dim=args.roi_dim if roi_mode else 0,
+        rois=[{"name": g, "labels": lab} for g, lab, _ in groups],
+        volume_shape=[] if roi_mode else _common_grid(runs),
+        extra={
+            "delay_s": args.delay_s,
+            "test_fraction": args.test_fraction,
+            "val_fraction": args.val_fraction,
+            "seed": args.seed,
+        },
+    )
     writer = DatasetWriter(args.out, info, maxcount=args.maxcount, tool="shards_tools pack-bids")
     class_index = {c: i for i, c in enumerate(classes)}
     for subject, subject_runs in runs.items():
@@ -144,8 +155,10 @@ def run(args: argparse.Namespace) -> int:
                     Sample(sample_key(args.site, subject, unit, k), bold_of(unit, t), *features[stim], target, meta)
                 )
     manifest = writer.finish()
-    print(f"{args.out}: {sum(s['count'] for s in manifest['shards'])} samples of {len(manifest['subjects'])} "
-          f"{args.site} subjects, {len(classes)} classes")  # fmt: skip
+    print(
+        f"{args.out}: {sum(s['count'] for s in manifest['shards'])} samples of {len(manifest['subjects'])} "
+        f"{args.site} subjects, {len(classes)} classes"
+    )
     return 0
 
 
@@ -158,11 +171,14 @@ def _common_grid(runs: dict) -> list[int]:
         for r in subject_runs:
             grids.setdefault(tuple(int(n) for n in nib.load(r.path).shape[:3]), []).append(f"{subject} {r.unit}")
     if len(grids) != 1:
-        listed = "; ".join(f"{'x'.join(map(str, g))}: {', '.join(w[:3])}{' ...' if len(w) > 3 else ''}"
-                           for g, w in grids.items())  # fmt: skip
-        raise ValueError(f"the runs are on different grids ({listed}); volume mode needs one grid for all "
-                         "subjects: use runs resampled to a common space (e.g. fMRIPrep's MNI152 outputs), or "
-                         "ROI mode (--atlas) on each subject's own grid.")  # fmt: skip
+        listed = "; ".join(
+            f"{'x'.join(map(str, g))}: {', '.join(w[:3])}{' ...' if len(w) > 3 else ''}" for g, w in grids.items()
+        )
+        raise ValueError(
+            f"the runs are on different grids ({listed}); volume mode needs one grid for all "
+            "subjects: use runs resampled to a common space (e.g. fMRIPrep's MNI152 outputs), or "
+            "ROI mode (--atlas) on each subject's own grid."
+        )
     return list(next(iter(grids)))
 
 
@@ -183,8 +199,10 @@ def _bold_transform(series, mask, train, groups, roi_dim, atlas_path):
 
     atlas = np.asarray(nib.load(atlas_path).dataobj).astype(np.int64)
     if atlas.shape != mask.shape:
-        raise ValueError(f"{atlas_path}: grid {atlas.shape} differs from the bold grid {mask.shape}; resample the "
-                         "atlas into the bold space first.")  # fmt: skip
+        raise ValueError(
+            f"{atlas_path}: grid {atlas.shape} differs from the bold grid {mask.shape}; resample the "
+            "atlas into the bold space first."
+        )
     columns = [np.flatnonzero(np.isin(atlas[mask], labels)) for _, _, labels in groups]
     empty = [g for (g, _, _), c in zip(groups, columns, strict=True) if c.size == 0]
     if empty:

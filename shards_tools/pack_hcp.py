@@ -88,9 +88,12 @@ def seconds_by_split(resources: HcpResources, version: str, delay: int, lengths:
 
 def label_frequency(resources: HcpResources, wordnet: dict, held: set) -> np.ndarray:
     """Share of training seconds (movies 1-3, validation clips left out) in which each category is present."""
-    rows = [wordnet[run][[s for s in b.seconds() if s < len(wordnet[run])]]
-            for run in (1, 2, 3) for b in resources.timing(run, "V2")
-            if not b.is_rest and (run, b.label) not in held]  # fmt: skip
+    rows = [
+        wordnet[run][[s for s in b.seconds() if s < len(wordnet[run])]]
+        for run in (1, 2, 3)
+        for b in resources.timing(run, "V2")
+        if not b.is_rest and (run, b.label) not in held
+    ]
     return np.concatenate(rows).mean(0)
 
 
@@ -103,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()]
     unknown = [s for s in subjects if s not in versions and args.movie_version is None]
     if unknown:
-        raise ValueError(f"subjects {unknown} are in neither HCP_7T_movie_V1/V2_ReleasedSubjs.csv; say which movie "
-                         "version they saw with --movie-version V1|V2.")  # fmt: skip
+        raise ValueError(
+            f"subjects {unknown} are in neither HCP_7T_movie_V1/V2_ReleasedSubjs.csv; say which movie "
+            "version they saw with --movie-version V1|V2."
+        )
     held = validation_clips(resources, args.val_fraction, args.seed)
     frequency = label_frequency(resources, wordnet, held)
     keep = np.flatnonzero(frequency > args.label_threshold)
@@ -121,23 +126,42 @@ def run(args: argparse.Namespace) -> int:
         lengths = {r: shape[3] for r, shape in shapes.items()}
         plans[subject] = (version, paths, seconds_by_split(resources, version, args.delay, lengths, held))
     if len(grids) != 1:
-        raise ValueError(f"subjects' runs have different grids after --crop {args.crop}: {sorted(grids)}; one "
-                         "output holds one grid (HCP MNI runs are all 113x136x113).")  # fmt: skip
+        raise ValueError(
+            f"subjects' runs have different grids after --crop {args.crop}: {sorted(grids)}; one "
+            "output holds one grid (HCP MNI runs are all 113x136x113)."
+        )
     featurizer = ClipFeaturizer(args.clip_model, args.batch_size, args.device)
     store = ClipStore(args.out, featurizer, args.llv_dim, seed=args.seed)
     features = _features(store, resources, plans, wordnet, synsets)
     info = DatasetInfo(
-        dataset="hcp", kind="volume", classes=classes, clip=store.spec, llv_dim=args.llv_dim,
-        hlv_dim=featurizer.hlv_dim, volume_shape=list(grids.pop()),
-        extra={"crop": args.crop, "delay": args.delay, "label_threshold": args.label_threshold,
-               "label_frequency": [float(frequency[i]) for i in keep], "storage": "brain mask + float16",
-               "normalisation": "run mean over the run's non-test volumes removed; voxel std over training volumes",
-               "val_fraction": args.val_fraction, "seed": args.seed},
-    )  # fmt: skip
+        dataset="hcp",
+        kind="volume",
+        classes=classes,
+        clip=store.spec,
+        llv_dim=args.llv_dim,
+        hlv_dim=featurizer.hlv_dim,
+        volume_shape=list(grids.pop()),
+        extra={
+            "crop": args.crop,
+            "delay": args.delay,
+            "label_threshold": args.label_threshold,
+            "label_frequency": [float(frequency[i]) for i in keep],
+            "storage": "brain mask + float16",
+            "normalisation": "run mean over the run's non-test volumes removed; voxel std over training volumes",
+            "val_fraction": args.val_fraction,
+            "seed": args.seed,
+        },
+    )
     writer = DatasetWriter(args.out, info, maxcount=args.maxcount, tool="shards_tools pack-hcp")
     for subject, (version, paths, plan) in plans.items():
-        fingerprint = {"version": version, "crop": args.crop, "delay": args.delay, "classes": classes,
-                       "val_fraction": args.val_fraction, "seed": args.seed}  # fmt: skip
+        fingerprint = {
+            "version": version,
+            "crop": args.crop,
+            "delay": args.delay,
+            "classes": classes,
+            "val_fraction": args.val_fraction,
+            "seed": args.seed,
+        }
         sub = writer.subject(f"hcp/{subject}", fingerprint)
         if sub is None:
             continue
@@ -151,14 +175,31 @@ def run(args: argparse.Namespace) -> int:
                 for second, split in rows:
                     bold = (volumes[r][second + args.delay] / std).astype(np.float16)
                     llv, hlv = features[f"hcp-{version}-{r}-{second:04d}"]
-                    meta = {"dataset": "hcp", "subject": f"hcp/{subject}", "site": "hcp",
-                            "stimulus": f"{MOVIES[r][0]}-{version}-t{second:04d}", "split": split,
-                            "unit": f"run{r}", "index": second, "schema": SCHEMA_VERSION}  # fmt: skip
-                    sub.add(Sample(sample_key("hcp", subject, f"run{r}", second), bold, llv, hlv,
-                                   wordnet[r][second, keep].astype(np.uint8), meta))  # fmt: skip
+                    meta = {
+                        "dataset": "hcp",
+                        "subject": f"hcp/{subject}",
+                        "site": "hcp",
+                        "stimulus": f"{MOVIES[r][0]}-{version}-t{second:04d}",
+                        "split": split,
+                        "unit": f"run{r}",
+                        "index": second,
+                        "schema": SCHEMA_VERSION,
+                    }
+                    sub.add(
+                        Sample(
+                            sample_key("hcp", subject, f"run{r}", second),
+                            bold,
+                            llv,
+                            hlv,
+                            wordnet[r][second, keep].astype(np.uint8),
+                            meta,
+                        )
+                    )
     manifest = writer.finish()
-    print(f"{args.out}: {sum(s['count'] for s in manifest['shards'])} samples of {len(manifest['subjects'])} HCP "
-          f"subjects, {len(classes)} classes kept of {len(synsets)}")  # fmt: skip
+    print(
+        f"{args.out}: {sum(s['count'] for s in manifest['shards'])} samples of {len(manifest['subjects'])} HCP "
+        f"subjects, {len(classes)} classes kept of {len(synsets)}"
+    )
     return 0
 
 

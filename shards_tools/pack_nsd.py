@@ -77,8 +77,10 @@ def subject_trials(layout: NsdLayout, subject: str, design: dict, sessions: dict
     for session in sessions:
         t = (session - 1) * trials + np.arange(trials)
         if t[-1] >= order.size:
-            raise ValueError(f"{sessions[session]}: session {session} x {trials} trials goes past the "
-                             f"{order.size} trials of nsd_expdesign.mat masterordering.")  # fmt: skip
+            raise ValueError(
+                f"{sessions[session]}: session {session} x {trials} trials goes past the "
+                f"{order.size} trials of nsd_expdesign.mat masterordering."
+            )
         image = subjectim[int(subject[-2:]) - 1, order[t] - 1] - 1
         rows.append(np.stack([np.full(trials, session), t, image, order[t] <= n_shared], axis=1))
     return np.concatenate(rows)
@@ -108,21 +110,35 @@ def run(args: argparse.Namespace) -> int:
         features = store.features([f"nsd{i:05d}" for i in images], load, fit_exclude=test_images)
 
     info = DatasetInfo(
-        dataset="nsd", kind="roi", classes=classes, clip=store.spec, llv_dim=args.llv_dim,
-        hlv_dim=featurizer.hlv_dim, roi_dim=args.roi_dim,
+        dataset="nsd",
+        kind="roi",
+        classes=classes,
+        clip=store.spec,
+        llv_dim=args.llv_dim,
+        hlv_dim=featurizer.hlv_dim,
+        roi_dim=args.roi_dim,
         rois=[{"name": g, "labels": lab} for g, lab in next(iter(fingerprints.values()))["rois"]],
-        extra={"atlas": args.atlas, "betas": args.betas, "space": args.space, "beta_scale": 300,
-               "zscore": "per session and voxel, statistics from training trials",
-               "val_fraction": args.val_fraction, "average_repeats": args.average_repeats, "seed": args.seed},
-    )  # fmt: skip
+        extra={
+            "atlas": args.atlas,
+            "betas": args.betas,
+            "space": args.space,
+            "beta_scale": 300,
+            "zscore": "per session and voxel, statistics from training trials",
+            "val_fraction": args.val_fraction,
+            "average_repeats": args.average_repeats,
+            "seed": args.seed,
+        },
+    )
     writer = DatasetWriter(args.out, info, maxcount=args.maxcount, tool="shards_tools pack-nsd")
     for subject, prep in prepared.items():
         sub = writer.subject(f"nsd/{subject}", fingerprints[subject])
         _write_subject(sub, prep, features, coco_labels, stim_info, len(classes), args)
     manifest = writer.finish()
     total = sum(s["count"] for s in manifest["shards"])
-    print(f"{args.out}: {total} samples of {len(manifest['subjects'])} NSD subjects; "
-          f"llv similarity r = {store.spec['llv']['fidelity_r']:.4f}")  # fmt: skip
+    print(
+        f"{args.out}: {total} samples of {len(manifest['subjects'])} NSD subjects; "
+        f"llv similarity r = {store.spec['llv']['fidelity_r']:.4f}"
+    )
     return 0
 
 
@@ -131,9 +147,14 @@ def _fingerprint(layout: NsdLayout, subject: str, args: argparse.Namespace) -> d
     sessions = list(layout.sessions(subject))  # first: a missing subject is named by its betas folder
     _, ctab, _ = layout.roi(subject, args.atlas)
     groups = resolve_groups(args.roi_groups, ctab, f"{args.atlas}.mgz.ctab")
-    return {"sessions": sessions, "rois": [(g, [ctab[i] for i in lab]) for g, lab in groups],
-            "roi_dim": args.roi_dim, "val_fraction": args.val_fraction, "average_repeats": args.average_repeats,
-            "seed": args.seed}  # fmt: skip
+    return {
+        "sessions": sessions,
+        "rois": [(g, [ctab[i] for i in lab]) for g, lab in groups],
+        "roi_dim": args.roi_dim,
+        "val_fraction": args.val_fraction,
+        "average_repeats": args.average_repeats,
+        "seed": args.seed,
+    }
 
 
 def _prepare(layout: NsdLayout, subject: str, design: dict, args: argparse.Namespace) -> dict:
@@ -141,8 +162,10 @@ def _prepare(layout: NsdLayout, subject: str, design: dict, args: argparse.Names
     labels_vol, ctab, roi_path = layout.roi(subject, args.atlas)
     first = next(iter(sessions.values()))
     if labels_vol.shape not in betas_grid(first):
-        raise ValueError(f"{first}: betas grid {betas_grid(first)[0]} differs from the ROI grid {labels_vol.shape} of "
-                         f"{roi_path}; use ROI volumes of the betas' space (--space {args.space}).")  # fmt: skip
+        raise ValueError(
+            f"{first}: betas grid {betas_grid(first)[0]} differs from the ROI grid {labels_vol.shape} of "
+            f"{roi_path}; use ROI volumes of the betas' space (--space {args.space})."
+        )
     groups = resolve_groups(args.roi_groups, ctab, f"{args.atlas}.mgz.ctab")
     voxels = [np.flatnonzero(np.isin(labels_vol, lab)) for _, lab in groups]
     empty = [g for (g, _), v in zip(groups, voxels, strict=True) if v.size == 0]
@@ -191,8 +214,24 @@ def _write_subject(sub, prep, features, coco_labels, stim_info, num_classes, arg
             llv, hlv = features[f"nsd{nsd_id:05d}"]
             labels = np.zeros(num_classes, dtype=np.uint8)
             labels[list(coco_labels.get(stim_info[nsd_id][0], ()))] = 1
-            meta = {"dataset": "nsd", "subject": subject_id, "site": "nsd", "stimulus": f"nsd{nsd_id:05d}",
-                    "split": str(split[idx[0]]), "unit": unit, "index": index, "schema": SCHEMA_VERSION,
-                    "trials": [int(trials[i, 1]) for i in idx]}  # fmt: skip
-            sub.add(Sample(sample_key("nsd", subject_id, unit, index), bold[idx].mean(0).astype(np.float16),
-                           llv, hlv, labels, meta))  # fmt: skip
+            meta = {
+                "dataset": "nsd",
+                "subject": subject_id,
+                "site": "nsd",
+                "stimulus": f"nsd{nsd_id:05d}",
+                "split": str(split[idx[0]]),
+                "unit": unit,
+                "index": index,
+                "schema": SCHEMA_VERSION,
+                "trials": [int(trials[i, 1]) for i in idx],
+            }
+            sub.add(
+                Sample(
+                    sample_key("nsd", subject_id, unit, index),
+                    bold[idx].mean(0).astype(np.float16),
+                    llv,
+                    hlv,
+                    labels,
+                    meta,
+                )
+            )

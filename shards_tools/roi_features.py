@@ -19,10 +19,17 @@ __all__ = ["PAPER_GROUPS", "RoiPca", "resolve_groups", "zscore_by_session"]
 # Kastner2015 (Wang et al. 2015) label names of each of the paper's ten groups. MT is TO1/TO2 in
 # NSD's table (hMT/MST in the original atlas); names are matched case-insensitively.
 PAPER_GROUPS: dict[str, list[str]] = {
-    "V1": ["V1v", "V1d"], "V2": ["V2v", "V2d"], "V3": ["V3v", "V3d"], "V3ab": ["V3a", "V3b"], "hV4": ["hV4"],
-    "VO": ["VO1", "VO2"], "PHC": ["PHC1", "PHC2"], "MT": ["TO1", "TO2", "hMT", "MST"], "LO": ["LO1", "LO2"],
+    "V1": ["V1v", "V1d"],
+    "V2": ["V2v", "V2d"],
+    "V3": ["V3v", "V3d"],
+    "V3ab": ["V3a", "V3b"],
+    "hV4": ["hV4"],
+    "VO": ["VO1", "VO2"],
+    "PHC": ["PHC1", "PHC2"],
+    "MT": ["TO1", "TO2", "hMT", "MST"],
+    "LO": ["LO1", "LO2"],
     "IPS": ["IPS0", "IPS1", "IPS2", "IPS3", "IPS4", "IPS5"],
-}  # fmt: skip
+}
 
 
 def resolve_groups(spec: str | None, ctab: dict[int, str], where: str) -> list[tuple[str, list[int]]]:
@@ -43,13 +50,16 @@ def resolve_groups(spec: str | None, ctab: dict[int, str], where: str) -> list[t
         elif name in PAPER_GROUPS:
             labels = PAPER_GROUPS[name]
         else:
-            raise ValueError(f"--roi-groups: unknown ROI group {name!r}. Known groups: {', '.join(PAPER_GROUPS)}; "
-                             "or define one as NAME=label+label with names from the atlas table.")  # fmt: skip
+            raise ValueError(
+                f"--roi-groups: unknown ROI group {name!r}. Known groups: {', '.join(PAPER_GROUPS)}; "
+                "or define one as NAME=label+label with names from the atlas table."
+            )
         found = [by_name[label.lower()] for label in labels if label.lower() in by_name]
         unknown = [label for label in labels if label.lower() not in by_name]
         if sep and unknown:
-            raise ValueError(f"--roi-groups: {unknown} of group {name!r} are not in {where} "
-                             f"(it has {', '.join(ctab.values())}).")  # fmt: skip
+            raise ValueError(
+                f"--roi-groups: {unknown} of group {name!r} are not in {where} (it has {', '.join(ctab.values())})."
+            )
         if not found:
             raise ValueError(f"ROI group {name!r}: none of {labels} is in {where}; pick groups this atlas has.")
         groups.append((name, found))

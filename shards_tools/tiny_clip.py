@@ -68,9 +68,13 @@ def build_tiny_clip(
     )
     trunk = {"hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": 2, "num_attention_heads": 2}
     text = CLIPTextConfig(
-        vocab_size=word_level.get_vocab_size(), max_position_embeddings=max_len, bos_token_id=bos_id,
-        eos_token_id=eos_id, pad_token_id=eos_id, **trunk,
-    )  # fmt: skip
+        vocab_size=word_level.get_vocab_size(),
+        max_position_embeddings=max_len,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+        **trunk,
+    )
     vision = CLIPVisionConfig(image_size=image_size, patch_size=patch_size, **trunk)
     config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=projection_dim)
     torch.manual_seed(seed)

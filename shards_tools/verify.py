@@ -16,9 +16,9 @@ import io
 import logging
 
 from mused_fm.data import storage
-from mused_fm.data.manifest import expected_shapes, read_manifest, shard_url
-from mused_fm.data.schema import ShardSchemaError
+from mused_fm.data.manifest import Manifest
 from mused_fm.data.tarfiles import decode_block, iter_raw_records, open_hashed
+from mused_fm.errors import ShardSchemaError
 
 __all__ = ["add_arguments", "run", "verify"]
 
@@ -29,19 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", help="shard set: a folder or s3://bucket/prefix holding manifest.json")
 
 
-def check_shard(url: str, manifest: dict, shard: dict, keys: list[str] | None = None) -> list[str]:
+def check_shard(manifest: Manifest, shard: dict, keys: list[str] | None = None) -> list[str]:
     """Problems of one shard (empty when it is good); sample keys are appended to `keys`."""
     keys = [] if keys is None else keys
     problems: list[str] = []
-    if shard.get("subject") not in manifest["subjects"]:
+    if shard.get("subject") not in manifest.subjects:
         return [f"its subject {shard.get('subject')!r} is not among the manifest's subjects"]
     try:
-        raw = open_hashed(shard_url(url, shard))
+        raw = open_hashed(manifest.shard_url(shard))
     except FileNotFoundError:
         return ["missing"]
     except OSError as err:  # a folder where a file should be, no permission, ...
         return [f"unreadable ({type(err).__name__}: {err})"]
-    shapes = expected_shapes(manifest, shard["subject"])
+    shapes = manifest.expected_shapes(shard["subject"])
     count = 0
     with raw:
         try:
@@ -51,11 +51,12 @@ def check_shard(url: str, manifest: dict, shard: dict, keys: list[str] | None = 
                     count += len(block)
                     block.check(shapes)
                     keys.extend(m["key"] for m in block.metas)
-                    wrong = [m["key"] for m in block.metas
-                             if (m["subject"], m["split"]) != (shard["subject"], shard["split"])]  # fmt: skip
+                    owner = (shard["subject"], shard["split"])
+                    wrong = [m["key"] for m in block.metas if (m["subject"], m["split"]) != owner]
                     if wrong:
-                        problems.append(f"{wrong[0]}: meta says another subject or split than the shard's "
-                                        f"{shard['subject']} {shard['split']}")  # fmt: skip
+                        problems.append(
+                            f"{wrong[0]}: meta says another subject or split than the shard's {' '.join(owner)}"
+                        )
                 except ShardSchemaError as err:
                     problems.append(str(err))
         except Exception as err:  # a truncated or corrupt tar surfaces as tarfile/EOF errors
@@ -72,19 +73,19 @@ def check_shard(url: str, manifest: dict, shard: dict, keys: list[str] | None = 
 
 def verify(url: str) -> dict[str, list[str]]:
     """{shard name: problems} for every bad shard; empty when the whole set is good."""
-    manifest = read_manifest(url)
+    manifest = Manifest.read(url)
     bad: dict[str, list[str]] = {}
     first_seen: dict[str, str] = {}
-    for shard in manifest["shards"]:
+    for shard in manifest.shards():
         keys: list[str] = []
-        problems = check_shard(url, manifest, shard, keys)
+        problems = check_shard(manifest, shard, keys)
         for key in keys:
             if key in first_seen:
                 problems.append(f"sample {key!r} is also in {first_seen[key]}")
             first_seen.setdefault(key, shard["name"])
         if problems:
             bad[shard["name"]] = problems
-    listed = {s["name"] for s in manifest["shards"]}
+    listed = {s["name"] for s in manifest.shards()}
     for name in storage.listdir(storage.join(url, "shards")):
         if name.startswith(".") and name.endswith(".tmp"):
             continue  # a temporary file of an interrupted local write, never read by anything
@@ -94,12 +95,12 @@ def verify(url: str) -> dict[str, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    manifest = read_manifest(args.url)
+    manifest = Manifest.read(args.url)
     bad = verify(args.url)
-    total = len(manifest["shards"])
+    total = len(manifest.shards())
     if not bad:
-        samples = sum(s["count"] for s in manifest["shards"])
-        print(f"{args.url}: all {total} shards good ({samples} samples, {len(manifest['subjects'])} subjects)")
+        samples = sum(s["count"] for s in manifest.shards())
+        print(f"{args.url}: all {total} shards good ({samples} samples, {len(manifest.subjects)} subjects)")
         return 0
     for name, problems in bad.items():
         print(f"BAD {name}")

@@ -1,12 +1,15 @@
 """Run by tests/test_launch_errors.py under the deepspeed launcher: rank 1 fails while rank 0 waits.
 
 Rank 0 holds a DataLoader with a persistent worker (as training does) and waits in an all_reduce loop;
-rank 1 fails through mused_fm.entry.run_entry with the error kind named on the command line.
+rank 1 fails through mused_fm.entry.run_entry with the error kind named on the command line. Rank 1 also
+holds a thread that never ends: it stands for interpreter teardown that blocks (an NCCL destructor waiting
+for a collective, a worker join), so only a process that leaves at once lets the launcher end the job.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 
 import torch
 import torch.distributed as dist
@@ -31,6 +34,7 @@ def body(kind: str) -> int:
     batches = iter(loader)
     next(batches)
     if rank == 1:
+        threading.Thread(target=threading.Event().wait, daemon=False).start()  # a normal exit waits for it
         raise InputError("rank 1 cannot go on") if kind == "named" else RuntimeError("rank 1 has a bug")
     ones = torch.ones(1)
     for _ in range(10**6):  # until the launcher stops this rank

@@ -13,8 +13,16 @@ CLASSES = [f"class{i}" for i in range(7)]  # distinct sizes: 7 classes, bold 3 x
 
 
 def info(**overrides) -> DatasetInfo:
-    base = dict(dataset="nsd", kind="roi", classes=CLASSES, clip={"model": "tiny", "llv_dim": 11},
-                llv_dim=11, hlv_dim=6, rois=[{"name": n} for n in ("V1", "V2", "LO")], roi_dim=5)  # fmt: skip
+    base = dict(
+        dataset="nsd",
+        kind="roi",
+        classes=CLASSES,
+        clip={"model": "tiny", "llv_dim": 11},
+        llv_dim=11,
+        hlv_dim=6,
+        rois=[{"name": n} for n in ("V1", "V2", "LO")],
+        roi_dim=5,
+    )
     return DatasetInfo(**{**base, **overrides})
 
 
@@ -24,16 +32,26 @@ def make_samples(subject: str, n: int) -> list[Sample]:
     out = []
     for i in range(n):
         split = "test" if i % 5 == 0 else "val" if i % 7 == 0 else "train"
-        meta = {"dataset": "nsd", "subject": subject, "site": "nsd", "stimulus": f"img{i % 9}", "split": split,
-                "unit": f"s{i // 10 + 1:02d}", "index": i, "schema": SCHEMA_VERSION}  # fmt: skip
-        out.append(Sample(
-            key=sample_key("nsd", subject, meta["unit"], i),
-            bold=rng.standard_normal((3, 5)).astype(np.float16),
-            clip_llv=rng.standard_normal(11).astype(np.float16),
-            clip_hlv=rng.standard_normal(6).astype(np.float16),
-            labels=(rng.random(7) < 0.3).astype(np.uint8),
-            meta=meta,
-        ))  # fmt: skip
+        meta = {
+            "dataset": "nsd",
+            "subject": subject,
+            "site": "nsd",
+            "stimulus": f"img{i % 9}",
+            "split": split,
+            "unit": f"s{i // 10 + 1:02d}",
+            "index": i,
+            "schema": SCHEMA_VERSION,
+        }
+        out.append(
+            Sample(
+                key=sample_key("nsd", subject, meta["unit"], i),
+                bold=rng.standard_normal((3, 5)).astype(np.float16),
+                clip_llv=rng.standard_normal(11).astype(np.float16),
+                clip_hlv=rng.standard_normal(6).astype(np.float16),
+                labels=(rng.random(7) < 0.3).astype(np.uint8),
+                meta=meta,
+            )
+        )
     return out
 
 

@@ -8,16 +8,34 @@ import pytest
 
 from mused_fm.bench.__main__ import main
 
-KEYS = {"samples_per_s", "reference_samples_per_s", "ratio", "achieved_flops", "matmul_peak_flops",
-        "fraction_of_peak"}  # fmt: skip
+KEYS = {"samples_per_s", "reference_samples_per_s", "ratio", "achieved_flops", "matmul_peak_flops", "fraction_of_peak"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_model_benchmark_writes_its_figures(tmp_path, capsys, device):
     out = tmp_path / "bench.json"
-    argv = ["model", "--json", str(out), "--batch", "4", "--dim", "32", "--depth", "2", "--heads", "4",
-            "--rounds", "1", "--hcp-rounds", "1", "--volume-channels", "2,2,2,2", "--device", device]  # fmt: skip
+    argv = [
+        "model",
+        "--json",
+        str(out),
+        "--batch",
+        "4",
+        "--dim",
+        "32",
+        "--depth",
+        "2",
+        "--heads",
+        "4",
+        "--rounds",
+        "1",
+        "--hcp-rounds",
+        "1",
+        "--volume-channels",
+        "2,2,2,2",
+        "--device",
+        device,
+    ]
     result = main(argv)
     written = json.loads(out.read_text())
     assert written.keys() >= KEYS and written["ratio"] == result["ratio"]

@@ -18,22 +18,51 @@ from mused_fm.bench.targets import Target
 
 REPO = Path(__file__).resolve().parents[1]
 
-MODEL = {"device": "cpu", "cpu_model": "Test CPU", "threads": 3, "precision": "float32",
-         "matmul_peak_flops": 1e11, "samples_per_s": 20.0, "achieved_flops": 8e10, "fraction_of_peak": 0.8,
-         "reference_samples_per_s": 25.0, "reference_achieved_flops": 9e10, "reference_fraction_of_peak": 0.9,
-         "ratio": 0.8}  # fmt: skip
+MODEL = {
+    "device": "cpu",
+    "cpu_model": "Test CPU",
+    "threads": 3,
+    "precision": "float32",
+    "matmul_peak_flops": 1e11,
+    "samples_per_s": 20.0,
+    "achieved_flops": 8e10,
+    "fraction_of_peak": 0.8,
+    "reference_samples_per_s": 25.0,
+    "reference_achieved_flops": 9e10,
+    "reference_fraction_of_peak": 0.9,
+    "ratio": 0.8,
+}
 LOADER = {"samples_per_s": 12345.0, "train_samples_per_s": 20.0, "ratio_to_training": 617.25}  # run with --no-s3
 PACK = {
-    name: {"samples": 7, "pack_s": 1.5, "samples_per_s": 4.7, "bytes_per_sample": size, "read_inputs_s": 0.25,
-           "llv_fidelity_r": 0.99}
+    name: {
+        "samples": 7,
+        "pack_s": 1.5,
+        "samples_per_s": 4.7,
+        "bytes_per_sample": size,
+        "read_inputs_s": 0.25,
+        "llv_fidelity_r": 0.99,
+    }
     for name, size in (("nsd", 40_000.0), ("hcp", 9000.0), ("bids", 5000.0))
-}  # fmt: skip
+}
 RESULTS = {"model": MODEL, "loader": LOADER, "pack": PACK}
-ENV = {"date": "2031-02-03T04:05:06Z", "command": "python -m mused_fm.bench model --rounds 2", "commit": "abc123",
-       "cpu_model": "Test CPU", "cpu_cores": 4, "cpu_threads": 8, "cpu_usable": 6,
-       "cpu_features": {"avx2": True, "avx512f": False, "amx_tile": False}, "ram_bytes": 16 * 2**30,
-       "gpus": ["Fake GPU", "Fake GPU"], "cuda": "12.8", "torch": "9.9", "torch_blas": "MKL", "deepspeed": "0.1",
-       "python": "3.99", "os": "Linux 1"}  # fmt: skip
+ENV = {
+    "date": "2031-02-03T04:05:06Z",
+    "command": "python -m mused_fm.bench model --rounds 2",
+    "commit": "abc123",
+    "cpu_model": "Test CPU",
+    "cpu_cores": 4,
+    "cpu_threads": 8,
+    "cpu_usable": 6,
+    "cpu_features": {"avx2": True, "avx512f": False, "amx_tile": False},
+    "ram_bytes": 16 * 2**30,
+    "gpus": ["Fake GPU", "Fake GPU"],
+    "cuda": "12.8",
+    "torch": "9.9",
+    "torch_blas": "MKL",
+    "deepspeed": "0.1",
+    "python": "3.99",
+    "os": "Linux 1",
+}
 
 
 def section(name: str, inside: str = "stale figures\n") -> str:
@@ -78,8 +107,9 @@ def test_a_subset_of_sections_leaves_the_others_alone():
     assert "stale figures" in new.split("## Loader")[1] and "stale figures" not in new.split("## Loader")[0]
 
 
-LOADER_END, LOADER_BEGIN, MODEL_END = (f"<!-- bench:{n}:{e} -->\n" for n, e in
-                                      (("loader", "end"), ("loader", "begin"), ("model", "end")))  # fmt: skip
+LOADER_END, LOADER_BEGIN, MODEL_END = (
+    f"<!-- bench:{n}:{e} -->\n" for n, e in (("loader", "end"), ("loader", "begin"), ("model", "end"))
+)
 BAD_DOCS = {
     "missing": (DOC.replace(section("pack", ""), ""), r"(?s)<doc>: no markers for the pack .*bench:pack:begin"),
     "unpaired": (DOC.replace(LOADER_END, ""), r"'<!-- bench:loader:end -->' appears 0 times \(nowhere\)"),
@@ -87,9 +117,11 @@ BAD_DOCS = {
     "reversed": (DOC.replace(section("loader"), LOADER_END + LOADER_BEGIN), r"end -->' \(line 14\) comes before"),
     "unknown": (DOC + "\n" + section("modle"), r"<doc>:26: unknown benchmark 'modle'.*one of model, loader, pack"),
     "malformed": (DOC.replace("<!-- bench:pack:begin -->", "<!--bench:pack:begin-->"), r"<doc>:19: malformed"),
-    "overlapping": (DOC.replace(MODEL_END, "").replace(LOADER_BEGIN, LOADER_BEGIN + MODEL_END),
-                    r"the 'loader' section starts inside the 'model' section"),
-}  # fmt: skip
+    "overlapping": (
+        DOC.replace(MODEL_END, "").replace(LOADER_BEGIN, LOADER_BEGIN + MODEL_END),
+        r"the 'loader' section starts inside the 'model' section",
+    ),
+}
 
 
 @pytest.mark.parametrize(("text", "match"), BAD_DOCS.values(), ids=BAD_DOCS.keys())
@@ -147,10 +179,12 @@ def test_cli_rewrites_the_doc_from_the_json(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("damage", "match"),
-    [("json", r"bench_pack.json: no such file.*python -m mused_fm.bench pack --json"),
-     ("marker", r"no markers for the loader benchmark section"),
-     ("key", r"bench_model.json: no 'ratio', which the model report prints")],
-)  # fmt: skip
+    [
+        ("json", r"bench_pack.json: no such file.*python -m mused_fm.bench pack --json"),
+        ("marker", r"no markers for the loader benchmark section"),
+        ("key", r"bench_model.json: no 'ratio', which the model report prints"),
+    ],
+)
 def test_cli_errors_leave_the_doc_untouched(tmp_path, damage, match):
     doc = tmp_path / "BENCHMARKS.md"
     text = DOC.replace(section("loader"), "") if damage == "marker" else DOC
@@ -169,8 +203,13 @@ def test_benchmark_json_records_command_machine_and_date(tmp_path, monkeypatch, 
     def add_arguments(parser):
         parser.add_argument("--n", type=int, default=1)
 
-    fake = types.SimpleNamespace(__doc__="Fake benchmark.", add_arguments=add_arguments, run=lambda args: {"n": args.n},
-                                 report=lambda result: f"n {result['n']}", TARGETS=(Target("n", ">=", 2),))  # fmt: skip
+    fake = types.SimpleNamespace(
+        __doc__="Fake benchmark.",
+        add_arguments=add_arguments,
+        run=lambda args: {"n": args.n},
+        report=lambda result: f"n {result['n']}",
+        TARGETS=(Target("n", ">=", 2),),
+    )
     monkeypatch.setitem(BENCHMARKS, "fake", fake)
     out = tmp_path / "fake.json"
     main(["fake", "--n", "3", "--json", str(out)])

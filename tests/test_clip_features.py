@@ -105,8 +105,9 @@ def test_caption_choice_is_the_papers_and_seeded(featurizer):
     for hlv in picks.values():  # every pick is one of the eligible captions, as the paper chooses
         chosen = [w for w, single in singles.items() if np.allclose(single, hlv, atol=1e-5)]
         assert len(chosen) == 1 and chosen[0] in eligible
-    np.testing.assert_array_equal(featurizer.encode([image], [WORDS], seeds=[3])[1], featurizer.encode(
-        [image], [WORDS], seeds=[3])[1])  # fmt: skip
+    np.testing.assert_array_equal(
+        featurizer.encode([image], [WORDS], seeds=[3])[1], featurizer.encode([image], [WORDS], seeds=[3])[1]
+    )
 
 
 def test_a_path_that_is_not_a_clip_is_named(tmp_path):
@@ -124,8 +125,17 @@ def test_clip_features_command_caches_for_later_packs(featurizer, tmp_path):
         Image.fromarray(image).save(tmp_path / f"s{i}.png")
         lines.append(f"s{i}\ts{i}.png\t{text}")
     (tmp_path / "stimuli.tsv").write_text("\n".join(lines) + "\n")
-    argv = ["clip-features", "--stimuli", str(tmp_path / "stimuli.tsv"), "--clip-model", featurizer.name,
-            "--out", str(tmp_path / "out"), "--llv-dim", "8"]  # fmt: skip
+    argv = [
+        "clip-features",
+        "--stimuli",
+        str(tmp_path / "stimuli.tsv"),
+        "--clip-model",
+        featurizer.name,
+        "--out",
+        str(tmp_path / "out"),
+        "--llv-dim",
+        "8",
+    ]
     assert cli(argv) == 0
     with np.load(tmp_path / "out/clip/features.npz") as f:
         assert sorted(f["ids"].tolist()) == sorted(f"s{i}" for i in range(12))

@@ -2,7 +2,7 @@
 
 Layers, bottom up (a module may import its own package and any lower layer, nothing at its level or above):
     0  small shared modules: errors, subject_ids, files, log, machine, flops, distributed
-    1  config
+    1  config, entry (how entry points end: imports errors only)
     2  data, model, metrics, recipe_reference (the README's recipe table, from config)
     3  losses (reads the model's outputs), evaluate
     4  train (the only package that imports deepspeed)
@@ -22,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYER = {
     "mused_fm.errors": 0, "mused_fm.subject_ids": 0, "mused_fm.files": 0, "mused_fm.log": 0,
-    "mused_fm.machine": 0, "mused_fm.flops": 0, "mused_fm.distributed": 0,
+    "mused_fm.machine": 0, "mused_fm.flops": 0, "mused_fm.distributed": 0, "mused_fm.entry": 1,
     "mused_fm.config": 1,
     "mused_fm.data": 2, "mused_fm.model": 2, "mused_fm.metrics": 2, "mused_fm.recipe_reference": 2,
     "mused_fm.losses": 3, "mused_fm.evaluate": 3,

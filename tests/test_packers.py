@@ -192,11 +192,23 @@ def test_bids_volume_and_roi_samples(raw, tmp_path):
     atlas[2 * bold.shape[0] // 3 :] = 3
     nib.save(nib.Nifti1Image(atlas, bold.affine), tmp_path / "atlas.nii.gz")
     (tmp_path / "atlas.ctab").write_text("0 Unknown 0 0 0 0\n1 left 1 1 1 0\n2 middle 2 2 2 0\n3 right 3 3 3 0\n")
-    roi = pack("pack-bids", raw, tmp_path / "roi", "--atlas", str(tmp_path / "atlas.nii.gz"), "--atlas-labels",
-               str(tmp_path / "atlas.ctab"), "--roi-dim", "6")  # fmt: skip
+    roi = pack(
+        "pack-bids",
+        raw,
+        tmp_path / "roi",
+        "--atlas",
+        str(tmp_path / "atlas.nii.gz"),
+        "--atlas-labels",
+        str(tmp_path / "atlas.ctab"),
+        "--roi-dim",
+        "6",
+    )
     roi_manifest = json.loads((roi / "manifest.json").read_text())
     assert roi_manifest["info"]["kind"] == "roi" and [r["name"] for r in roi_manifest["info"]["rois"]] == [
-        "left", "middle", "right"]  # fmt: skip
+        "left",
+        "middle",
+        "right",
+    ]
     assert {tuple(s["bold_shape"]) for s in roi_manifest["subjects"].values()} == {(3, 6)}
 
 
@@ -244,8 +256,24 @@ def test_bad_clip_path_and_wrong_roi_grid(raw, tmp_path, capsys):
 
 def test_pack_to_s3_and_verify_there(raw, s3_bucket):
     url = f"s3://{s3_bucket}/shards/hcp"
-    assert cli(["pack-hcp", "--root", str(raw / "hcp"), "--subjects", "100610", "--clip-model", str(raw / "clip"),
-                "--out", url, "--llv-dim", "64"]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "pack-hcp",
+                "--root",
+                str(raw / "hcp"),
+                "--subjects",
+                "100610",
+                "--clip-model",
+                str(raw / "clip"),
+                "--out",
+                url,
+                "--llv-dim",
+                "64",
+            ]
+        )
+        == 0
+    )
     assert verify(url) == {}
     assert cli(["verify", url]) == 0
 

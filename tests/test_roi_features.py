@@ -10,15 +10,41 @@ import pytest
 from shards_tools.nsd_files import read_ctab, read_session_betas
 from shards_tools.roi_features import PAPER_GROUPS, RoiPca, resolve_groups, zscore_by_session
 
-KASTNER = ["V1v", "V1d", "V2v", "V2d", "V3v", "V3d", "hV4", "VO1", "VO2", "PHC1", "PHC2", "TO2", "TO1", "LO2", "LO1",
-           "V3b", "V3a", "IPS0", "IPS1", "IPS2", "IPS3", "IPS4", "IPS5", "SPL1", "FEF"]  # fmt: skip
+KASTNER = [
+    "V1v",
+    "V1d",
+    "V2v",
+    "V2d",
+    "V3v",
+    "V3d",
+    "hV4",
+    "VO1",
+    "VO2",
+    "PHC1",
+    "PHC2",
+    "TO2",
+    "TO1",
+    "LO2",
+    "LO1",
+    "V3b",
+    "V3a",
+    "IPS0",
+    "IPS1",
+    "IPS2",
+    "IPS3",
+    "IPS4",
+    "IPS5",
+    "SPL1",
+    "FEF",
+]
 CTAB = {i + 1: name for i, name in enumerate(KASTNER)}
 
 
 def test_ctab_parsing(tmp_path):
     path = tmp_path / "Kastner2015.mgz.ctab"
-    path.write_text("#$Id: comment\n  0  Unknown  0 0 0 0\n" + "".join(
-        f"{i:>3}  {n:<10} 10 20 30 0\n" for i, n in CTAB.items()))  # fmt: skip
+    path.write_text(
+        "#$Id: comment\n  0  Unknown  0 0 0 0\n" + "".join(f"{i:>3}  {n:<10} 10 20 30 0\n" for i, n in CTAB.items())
+    )
     assert read_ctab(path) == CTAB
     (tmp_path / "bad.ctab").write_text("nothing here\n")
     with pytest.raises(ValueError, match=r"bad\.ctab: no 'index name R G B A' lines"):

@@ -93,8 +93,9 @@ def test_interrupted_pack_rerun_with_other_settings_drops_its_stale_shards(tmp_p
                 raise RuntimeError("killed")
             sub.add(sample)
     # The rerun uses other settings (maxcount 3): the old partial shards must not be kept.
-    assert write_set(out, {"nsd/subj01": 20}, maxcount=3) == write_set(str(tmp_path / "clean"), {"nsd/subj01": 20},
-                                                                        maxcount=3)  # fmt: skip
+    assert write_set(out, {"nsd/subj01": 20}, maxcount=3) == write_set(
+        str(tmp_path / "clean"), {"nsd/subj01": 20}, maxcount=3
+    )
     assert verify(out) == {}
 
 
@@ -125,8 +126,16 @@ def test_writer_rejects_bad_samples(tmp_path):
         with pytest.raises(ShardSchemaError, match=r"labels\.npy has shape \(6,\); the manifest says \(7,\)"):
             sub.add(Sample(sample.key, sample.bold, sample.clip_llv, sample.clip_hlv, sample.labels[:6], sample.meta))
         with pytest.raises(ShardSchemaError, match=r"bold\.npy has dtype float32; expected float16"):
-            sub.add(Sample(sample.key, sample.bold.astype(np.float32), sample.clip_llv, sample.clip_hlv,
-                           sample.labels, sample.meta))  # fmt: skip
+            sub.add(
+                Sample(
+                    sample.key,
+                    sample.bold.astype(np.float32),
+                    sample.clip_llv,
+                    sample.clip_hlv,
+                    sample.labels,
+                    sample.meta,
+                )
+            )
         nan = sample.bold.copy()
         nan[0, 0] = np.nan
         with pytest.raises(ShardSchemaError, match=r"bold\.npy holds NaN"):

@@ -16,7 +16,12 @@ def test_pack_verify_inspect_on_s3(s3_bucket, capsys):
     manifest = write_set(url, {"nsd/subj01": 14, "nsd/subj02": 6})
     fs = s3fs.S3FileSystem()
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket}/shards/nsd")) == [
-        "info.json", "manifest.json", "parts", "preproc", "shards"]  # fmt: skip
+        "info.json",
+        "manifest.json",
+        "parts",
+        "preproc",
+        "shards",
+    ]
     assert verify(url) == {}
     assert summarize(url)["samples"] == 20
     assert write_set(url, {"nsd/subj01": 14, "nsd/subj02": 6}) == manifest  # rerun on S3: same manifest

@@ -107,8 +107,10 @@ def test_nsd_release_paths(raw):
         for roi in ("Kastner2015", "nsdgeneral"):
             assert (root / "nsd/nsddata/ppdata" / subj / f"func1pt8mm/roi/{roi}.nii.gz").is_file()
         names = sorted(p.name for p in _betas_dir(root, subj).iterdir())
-        expected = {"subj02": ["betas_session01.nii.gz", "betas_session03.nii.gz"],
-                    "subj03": ["betas_session01.hdf5", "betas_session02.nii.gz", "betas_session03.nii.gz"]}  # fmt: skip
+        expected = {
+            "subj02": ["betas_session01.nii.gz", "betas_session03.nii.gz"],
+            "subj03": ["betas_session01.hdf5", "betas_session02.nii.gz", "betas_session03.nii.gz"],
+        }
         assert names == expected.get(subj, [f"betas_session{s:02d}.nii.gz" for s in range(1, info["sessions"] + 1)])
     assert not list(root.rglob(".tmp-*")), "temporary files left behind"
 

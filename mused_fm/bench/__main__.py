@@ -18,8 +18,9 @@ from mused_fm.bench.doc import BENCHMARKS, update_doc
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m mused_fm.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m mused_fm.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="bench", required=True)
     for name, module in BENCHMARKS.items():
         p = sub.add_parser(name, help=module.__doc__.splitlines()[0])
@@ -35,8 +36,10 @@ def main(argv: list[str] | None = None) -> dict:
             changed = update_doc(args.doc, args.json_dir)
         except (OSError, ValueError) as exc:
             raise SystemExit(f"python -m mused_fm.bench doc: {exc}") from exc
-        print(f"{args.doc}: {'rewrote' if changed else 'already up to date with'} the sections of "
-              f"{', '.join(BENCHMARKS)} from {args.json_dir}/bench_*.json")  # fmt: skip
+        print(
+            f"{args.doc}: {'rewrote' if changed else 'already up to date with'} the sections of "
+            f"{', '.join(BENCHMARKS)} from {args.json_dir}/bench_*.json"
+        )
         return {"doc": args.doc, "changed": changed}
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")

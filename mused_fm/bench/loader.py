@@ -42,15 +42,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _write(url: str, n: int) -> None:
-    info = DatasetInfo(dataset="nsd", kind="roi", classes=[f"c{i}" for i in range(80)], clip={}, llv_dim=1024,
-                       hlv_dim=512, rois=[{"name": f"r{i}"} for i in range(10)], roi_dim=268)  # fmt: skip
+    info = DatasetInfo(
+        dataset="nsd",
+        kind="roi",
+        classes=[f"c{i}" for i in range(80)],
+        clip={},
+        llv_dim=1024,
+        hlv_dim=512,
+        rois=[{"name": f"r{i}"} for i in range(10)],
+        roi_dim=268,
+    )
     writer = DatasetWriter(url, info, maxcount=2048)
     rng = np.random.default_rng(0)
     for subject in SUBJECTS:
         with writer.subject(subject, {}) as sub:
             for i in range(n // len(SUBJECTS)):
-                meta = {"dataset": "nsd", "subject": subject, "site": "nsd", "stimulus": f"nsd{i:05d}",
-                        "split": "train", "unit": "s01", "index": i, "schema": SCHEMA_VERSION}  # fmt: skip
+                meta = {
+                    "dataset": "nsd",
+                    "subject": subject,
+                    "site": "nsd",
+                    "stimulus": f"nsd{i:05d}",
+                    "split": "train",
+                    "unit": "s01",
+                    "index": i,
+                    "schema": SCHEMA_VERSION,
+                }
                 arrays = [rng.standard_normal(shape).astype(np.float16) for shape in ((10, 268), 1024, 512)]
                 labels = (rng.random(80) < 0.05).astype(np.uint8)
                 sub.add(Sample(sample_key("nsd", subject, "s01", i), *arrays, labels, meta))
@@ -70,8 +86,15 @@ def _cpu_seconds(pid: int) -> float | None:
 def _rate(url: str, batches: int, server_pid: int | None = None) -> dict:
     """samples/s over `batches` timed batches, with this process's and the server's CPU seconds meanwhile."""
     rows = {s: i for i, s in enumerate(SUBJECTS)}
-    loader = train_loader(DatasetStream("nsd", url, rows), "train", batch_size=64, epoch_batches=batches + 10,
-                          seed=0, num_workers=0, buffer=2048)  # fmt: skip
+    loader = train_loader(
+        DatasetStream("nsd", url, rows),
+        "train",
+        batch_size=64,
+        epoch_batches=batches + 10,
+        seed=0,
+        num_workers=0,
+        buffer=2048,
+    )
     it = iter(loader)
     for _ in range(10):  # warm-up: fill the shuffle buffer, open the first shards
         next(it)
@@ -98,14 +121,31 @@ def _moto_bucket():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
-                                            "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")}  # fmt: skip
-    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
-                       "AWS_EC2_METADATA_DISABLED": "true"})  # fmt: skip
+    saved = {
+        k: os.environ.get(k)
+        for k in (
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_ENDPOINT_URL",
+            "AWS_DEFAULT_REGION",
+            "AWS_EC2_METADATA_DISABLED",
+        )
+    }
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
     try:
         for _ in range(100):  # the server takes a few seconds to import
             try:
@@ -146,14 +186,25 @@ def run(args: argparse.Namespace) -> dict:
         _write(f"{tmp}/nsd", args.samples)
         timed = _rate(f"{tmp}/nsd", args.batches)
     local = timed["samples_per_s"]
-    result = {"samples_per_s": local, "samples": args.samples, "batch_size": 64, "cores": 1,
-              "local_seconds": timed["seconds"], "local_cpu_s": timed["cpu_s"]}  # fmt: skip
+    result = {
+        "samples_per_s": local,
+        "samples": args.samples,
+        "batch_size": 64,
+        "cores": 1,
+        "local_seconds": timed["seconds"],
+        "local_cpu_s": timed["cpu_s"],
+    }
     if not args.no_s3:
         with _moto_bucket() as (bucket, server_pid):
             _write(f"{bucket}/nsd", args.samples)
             timed = _rate(f"{bucket}/nsd", args.batches, server_pid)
-        result.update({"s3_samples_per_s": timed["samples_per_s"], "s3_seconds": timed["seconds"],
-                       "s3_client_cpu_s": timed["cpu_s"]})  # fmt: skip
+        result.update(
+            {
+                "s3_samples_per_s": timed["samples_per_s"],
+                "s3_seconds": timed["seconds"],
+                "s3_client_cpu_s": timed["cpu_s"],
+            }
+        )
         if "server_cpu_s" in timed:
             result["s3_server_cpu_s"] = timed["server_cpu_s"]
         result["s3_ratio_to_local"] = result["s3_samples_per_s"] / local
@@ -165,12 +216,18 @@ def run(args: argparse.Namespace) -> dict:
 def report(result: dict) -> str:
     lines = [f"local shards     {result['samples_per_s']:10.0f} samples/s (one core, batch 64)"]
     if "s3_samples_per_s" in result:
-        lines.append(f"moto S3          {result['s3_samples_per_s']:10.0f} samples/s  "
-                     f"(ratio to local {result['s3_ratio_to_local']:.2f})")  # fmt: skip
+        lines.append(
+            f"moto S3          {result['s3_samples_per_s']:10.0f} samples/s  "
+            f"(ratio to local {result['s3_ratio_to_local']:.2f})"
+        )
         r = result
         server = f" + moto server {r['s3_server_cpu_s']:.2f} s" if "s3_server_cpu_s" in r else ""
-        lines.append(f"CPU while timed  local {r['local_cpu_s']:.2f} s in {r['local_seconds']:.2f} s; "
-                     f"S3 loader {r['s3_client_cpu_s']:.2f} s{server} in {r['s3_seconds']:.2f} s")  # fmt: skip
-    lines.append(f"flagship step    {result['train_samples_per_s']:10.1f} samples/s consumed  "
-                 f"(loader / training = {result['ratio_to_training']:.0f})")  # fmt: skip
+        lines.append(
+            f"CPU while timed  local {r['local_cpu_s']:.2f} s in {r['local_seconds']:.2f} s; "
+            f"S3 loader {r['s3_client_cpu_s']:.2f} s{server} in {r['s3_seconds']:.2f} s"
+        )
+    lines.append(
+        f"flagship step    {result['train_samples_per_s']:10.1f} samples/s consumed  "
+        f"(loader / training = {result['ratio_to_training']:.0f})"
+    )
     return "\n".join(lines)

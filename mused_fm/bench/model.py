@@ -51,13 +51,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _recipe(args: argparse.Namespace):
     channels = [int(c) for c in args.volume_channels.split(",")]
-    return recipe_from_dict({
-        "model": {"dim": args.dim, "depth": args.depth, "heads": args.heads, "volume_channels": channels},
-        "data": {"datasets": {
-            "nsd": {"subjects": NSD_SUBJECTS, "input": "roi", "num_rois": 10, "roi_dim": 268, "num_classes": 80},
-            "hcp": {"subjects": ["100610"], "input": "volume", "volume_shape": [111, 127, 111], "num_classes": 64},
-        }},
-    }, source="bench")  # fmt: skip
+    return recipe_from_dict(
+        {
+            "model": {"dim": args.dim, "depth": args.depth, "heads": args.heads, "volume_channels": channels},
+            "data": {
+                "datasets": {
+                    "nsd": {
+                        "subjects": NSD_SUBJECTS,
+                        "input": "roi",
+                        "num_rois": 10,
+                        "roi_dim": 268,
+                        "num_classes": 80,
+                    },
+                    "hcp": {
+                        "subjects": ["100610"],
+                        "input": "volume",
+                        "volume_shape": [111, 127, 111],
+                        "num_classes": 64,
+                    },
+                }
+            },
+        },
+        source="bench",
+    )
 
 
 def _reference_encoder(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:

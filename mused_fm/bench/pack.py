@@ -66,19 +66,34 @@ def run(args: argparse.Namespace) -> dict:
             synth(raw, preset=args.preset, seed=0)
         hcp_subjects = [p.name for p in sorted((raw / "hcp").iterdir()) if p.name.isdigit()]
         commands = {
-            "nsd": ["pack-nsd", "--root", str(raw / "nsd"), "--subjects", ",".join(NSD_SUBJECTS), "--roi-dim",
-                    str(args.roi_dim)],
+            "nsd": [
+                "pack-nsd",
+                "--root",
+                str(raw / "nsd"),
+                "--subjects",
+                ",".join(NSD_SUBJECTS),
+                "--roi-dim",
+                str(args.roi_dim),
+            ],
             "hcp": ["pack-hcp", "--root", str(raw / "hcp"), "--subjects", ",".join(hcp_subjects)],
-            "bids": ["pack-bids", "--root", str(raw / "bids"), "--site", "site", "--labels",
-                     str(raw / "bids/LABELS.tsv")],
-        }  # fmt: skip
+            "bids": [
+                "pack-bids",
+                "--root",
+                str(raw / "bids"),
+                "--site",
+                "site",
+                "--labels",
+                str(raw / "bids/LABELS.tsv"),
+            ],
+        }
         read = _read_inputs(raw)
         result: dict = {"preset": None if args.raw else args.preset}
         for name, argv in commands.items():
             out = Path(tmp) / f"shards-{name}"
             start = time.perf_counter()
-            code = shards_cli([*argv, "--clip-model", str(raw / "clip"), "--out", str(out), "--llv-dim",
-                               str(args.llv_dim)])  # fmt: skip
+            code = shards_cli(
+                [*argv, "--clip-model", str(raw / "clip"), "--out", str(out), "--llv-dim", str(args.llv_dim)]
+            )
             seconds = time.perf_counter() - start
             if code:
                 raise RuntimeError(f"{name}: the packer exited with {code}")
@@ -102,7 +117,9 @@ def report(result: dict) -> str:
     ]
     for name in ("nsd", "hcp", "bids"):
         r = result[name]
-        lines.append(f"{name:<8}{r['samples']:>9}{r['pack_s']:>9.1f}{r['samples_per_s']:>11.1f}"
-                     f"{r['bytes_per_sample'] / 1024:>12.1f}{r['read_inputs_s']:>13.2f}"
-                     f"{r['llv_fidelity_r']:>8.4f}")  # fmt: skip
+        lines.append(
+            f"{name:<8}{r['samples']:>9}{r['pack_s']:>9.1f}{r['samples_per_s']:>11.1f}"
+            f"{r['bytes_per_sample'] / 1024:>12.1f}{r['read_inputs_s']:>13.2f}"
+            f"{r['llv_fidelity_r']:>8.4f}"
+        )
     return "\n".join(lines)

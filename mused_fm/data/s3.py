@@ -34,8 +34,12 @@ RESUMES = 3  # ranged re-GETs after a dropped connection, per shard
 DRAIN = 2**20  # an unread tail up to this size is read on close so the connection goes back to the pool
 
 # What a dropped or stalled connection raises while a body is read (urllib3 errors come wrapped).
-_DROPPED = (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError,
-            botocore.exceptions.ReadTimeoutError, ConnectionError)  # fmt: skip
+_DROPPED = (
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ReadTimeoutError,
+    ConnectionError,
+)
 
 _clients: dict[int, object] = {}
 _lock = threading.Lock()
@@ -76,8 +80,9 @@ class _ObjectReader(io.RawIOBase):
                     raise
                 self.resumes += 1
                 self.body.close()
-                self.body = _client().get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={self.pos}-",
-                                                 IfMatch=self.etag)["Body"]  # fmt: skip
+                self.body = _client().get_object(
+                    Bucket=self.bucket, Key=self.key, Range=f"bytes={self.pos}-", IfMatch=self.etag
+                )["Body"]
         return 0
 
     def close(self) -> None:

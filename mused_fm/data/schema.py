@@ -161,5 +161,7 @@ def _check_meta(meta: dict[str, Any], label: str) -> None:
     if meta["split"] not in SPLITS:
         raise ShardSchemaError(f"{label}: split {meta['split']!r} is not one of {SPLITS}.")
     if meta["schema"] != SCHEMA_VERSION:
-        raise ShardSchemaError(f"{label}: schema {meta['schema']!r}; this reader knows {SCHEMA_VERSION}. "
-                               "Re-pack the shards with this version of shards_tools.")  # fmt: skip
+        raise ShardSchemaError(
+            f"{label}: schema {meta['schema']!r}; this reader knows {SCHEMA_VERSION}. "
+            "Re-pack the shards with this version of shards_tools."
+        )

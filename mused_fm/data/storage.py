@@ -17,8 +17,19 @@ import fsspec
 
 from mused_fm import files
 
-__all__ = ["exists", "filesystem", "is_remote", "join", "listdir", "open_read", "put_file", "read_bytes", "write_json",
-           "remove", "write_bytes"]  # fmt: skip
+__all__ = [
+    "exists",
+    "filesystem",
+    "is_remote",
+    "join",
+    "listdir",
+    "open_read",
+    "put_file",
+    "read_bytes",
+    "remove",
+    "write_bytes",
+    "write_json",
+]
 
 
 def is_remote(url: str) -> bool:

@@ -214,8 +214,9 @@ class SubjectWriter:
     def add(self, sample: Sample) -> None:
         split = sample.meta.get("split")
         if sample.meta.get("subject") != self.subject_id:
-            raise ShardSchemaError(f"{sample.key}: meta subject {sample.meta.get('subject')!r} in the writer of "
-                                   f"{self.subject_id}.")  # fmt: skip
+            raise ShardSchemaError(
+                f"{sample.key}: meta subject {sample.meta.get('subject')!r} in the writer of {self.subject_id}."
+            )
         if self._bold_shape is None:
             self._bold_shape = list(sample.bold.shape)
         sample.check(self._shapes(), where=self.subject_id)
@@ -242,21 +243,37 @@ class SubjectWriter:
         else:
             local = Path(self.parent._tmp.name) / f"{self.name}-{split}-{index:06d}.tar"
             size = self.parent.block_size
-            blocks = [Block.from_samples(f"{self.name}-{split}-{index:06d}-b{j // size:04d}", samples[j : j + size])
-                      for j in range(0, len(samples), size)]  # fmt: skip
+            blocks = [
+                Block.from_samples(f"{self.name}-{split}-{index:06d}-b{j // size:04d}", samples[j : j + size])
+                for j in range(0, len(samples), size)
+            ]
             _write_tar(local, blocks)
             sha, nbytes = _digest(str(local))  # hashed on local disk: an S3 shard is not downloaded again
             storage.put_file(local, url)
-        self._shards.append({"name": name, "subject": self.subject_id, "split": split, "count": len(samples),
-                             "bytes": nbytes, "sha256": sha})  # fmt: skip
+        self._shards.append(
+            {
+                "name": name,
+                "subject": self.subject_id,
+                "split": split,
+                "count": len(samples),
+                "bytes": nbytes,
+                "sha256": sha,
+            }
+        )
 
     def close(self) -> None:
         for split in SPLITS:
             self._flush(split)
         if not self._shards:
             raise ShardSchemaError(f"{self.subject_id}: no samples were written; check the subject's inputs.")
-        part = {"subject": self.subject_id, "fingerprint": self.fingerprint, "counts": self._counts,
-                "bold_shape": self._bold_shape, "preproc": self._preproc, "shards": self._shards}  # fmt: skip
+        part = {
+            "subject": self.subject_id,
+            "fingerprint": self.fingerprint,
+            "counts": self._counts,
+            "bold_shape": self._bold_shape,
+            "preproc": self._preproc,
+            "shards": self._shards,
+        }
         storage.write_bytes(
             storage.join(self.parent.out, "parts", f"{self.name}.json"), (json.dumps(part, indent=1) + "\n").encode()
         )

@@ -107,7 +107,6 @@ def resolve_precision(recipe: BaseRecipe, device: torch.device) -> str:
     return precision
 
 
-
 def deepspeed_config(recipe: BaseRecipe, precision: str, total_steps: int | None = None) -> dict[str, Any]:
     """The DeepSpeed config of a recipe: the pass-through `deepspeed:` keys plus the derived ones.
 

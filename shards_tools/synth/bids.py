@@ -60,8 +60,15 @@ def write_bids(root: Path, p: BidsPreset, seed: int) -> tuple[dict, list[str]]:
     write_text(root / "LABELS.tsv", "\n".join(table) + "\n")
 
     tr = p.repetition_time
-    write_json(root / "dataset_description.json", {"Name": "Simulated image-viewing site", "BIDSVersion": "1.8.0",
-                                                  "DatasetType": "raw", "Authors": ["shards_tools synth"]})  # fmt: skip
+    write_json(
+        root / "dataset_description.json",
+        {
+            "Name": "Simulated image-viewing site",
+            "BIDSVersion": "1.8.0",
+            "DatasetType": "raw",
+            "Authors": ["shards_tools synth"],
+        },
+    )
     write_json(root / "task-images_bold.json", {"RepetitionTime": tr, "TaskName": "images"})
     write_text(root / "README", "Simulated BIDS site written by `python -m shards_tools synth` (planted signal).\n")
     subjects = [f"sub-{i + 1:02d}" for i in range(p.num_subjects)]

@@ -87,8 +87,12 @@ def _subject_volumes(
         vol = np.zeros((*p.raw_grid, len(run_stim)), dtype=np.float32)  # (X, Y, Z, T)
         vol[m] = (baseline * (1 + 0.01 * (SIGNAL_PCT * delayed + noise))).T
         run = f"tfMRI_{movie.split('_')[0]}_7T_{pe}"
-        save_nifti(root / sid / "MNINonLinear" / "Results" / run / f"{run}_hp2000_clean.nii.gz", vol,
-                   (1.6, 1.6, 1.6, 1.0), MNI_AFFINE)  # fmt: skip
+        save_nifti(
+            root / sid / "MNINonLinear" / "Results" / run / f"{run}_hp2000_clean.nii.gz",
+            vol,
+            (1.6, 1.6, 1.6, 1.0),
+            MNI_AFFINE,
+        )
     return int(m.sum())
 
 

@@ -114,6 +114,8 @@ def write_subject(
         "sessions": num_sessions,
         "sessions_on_disk": on_disk,
         "hdf5_sessions": hdf5,
-        "roi_voxels": {g: int(np.isin(atlas, [B.KASTNER_NAMES.index(n) + 1 for n in names]).sum())
-                       for g, (names, _) in B.ROI_GROUPS.items()},
-    }  # fmt: skip
+        "roi_voxels": {
+            g: int(np.isin(atlas, [B.KASTNER_NAMES.index(n) + 1 for n in names]).sum())
+            for g, (names, _) in B.ROI_GROUPS.items()
+        },
+    }

@@ -15,9 +15,27 @@ __all__ = ["PRESETS", "BidsPreset", "HcpPreset", "NsdPreset", "Preset", "get_pre
 NSD_GRIDS = ((20, 26, 21), (21, 27, 22), (20, 27, 23), (22, 25, 20), (19, 24, 21), (22, 28, 21))
 # COCO categories used by the simulated images, most frequent first (all 80 are still listed in COCO JSON).
 NSD_CATEGORIES = (
-    "person", "car", "dog", "chair", "cat", "dining table", "bird", "bus", "pizza", "horse", "umbrella", "bottle",
-    "train", "giraffe", "laptop", "bed", "clock", "boat", "cake", "surfboard",
-)  # fmt: skip
+    "person",
+    "car",
+    "dog",
+    "chair",
+    "cat",
+    "dining table",
+    "bird",
+    "bus",
+    "pizza",
+    "horse",
+    "umbrella",
+    "bottle",
+    "train",
+    "giraffe",
+    "laptop",
+    "bed",
+    "clock",
+    "boat",
+    "cake",
+    "surfboard",
+)
 
 
 @dataclass(frozen=True)

@@ -31,15 +31,42 @@ __all__ = [
 
 # WordNet classes of the simulated movie, most frequent first (real WordNetFeatures.hdf5 has 859 columns).
 WORDNET_SYNSETS = (
-    "person.n.01", "face.n.01", "building.n.01", "tree.n.01", "sky.n.01", "car.n.01", "hand.n.01", "water.n.01",
-    "text.n.01", "road.n.01", "dog.n.01", "furniture.n.01", "horse.n.01", "boat.n.01", "bird.n.01", "food.n.01",
-    "musical_instrument.n.01", "mountain.n.01", "cat.n.01", "airplane.n.01",
-)  # fmt: skip
+    "person.n.01",
+    "face.n.01",
+    "building.n.01",
+    "tree.n.01",
+    "sky.n.01",
+    "car.n.01",
+    "hand.n.01",
+    "water.n.01",
+    "text.n.01",
+    "road.n.01",
+    "dog.n.01",
+    "furniture.n.01",
+    "horse.n.01",
+    "boat.n.01",
+    "bird.n.01",
+    "food.n.01",
+    "musical_instrument.n.01",
+    "mountain.n.01",
+    "cat.n.01",
+    "airplane.n.01",
+)
 
 LOWLEVEL_NAMES = (
-    "mean_r", "mean_g", "mean_b", "contrast", "edge_0", "edge_45", "edge_90", "edge_135", "fine_detail",
-    "left_minus_right", "top_minus_bottom", "saturation",
-)  # fmt: skip
+    "mean_r",
+    "mean_g",
+    "mean_b",
+    "contrast",
+    "edge_0",
+    "edge_45",
+    "edge_90",
+    "edge_135",
+    "fine_detail",
+    "left_minus_right",
+    "top_minus_bottom",
+    "saturation",
+)
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
