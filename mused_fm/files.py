@@ -17,7 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "dumps_json", "json_safe", "write_bytes", "write_json", "write_text"]
+__all__ = ["TEMPORARY_PREFIX", "atomic_path", "dumps_json", "json_safe", "write_bytes", "write_json", "write_text"]
+
+TEMPORARY_PREFIX = ".tmp-"  # a file named so is an unfinished write (left by a killed process): never read
 
 
 @contextmanager
@@ -25,7 +27,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary sibling of `path` to write to; renamed over `path` on success, deleted on error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
+    tmp = path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
+
+from mused_fm.entry import run_entry
+from mused_fm.log import init_logging
 
 VERBS = {
     "synth": "shards_tools.synth.cli",
@@ -51,12 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             module.add_arguments(p)
             p.set_defaults(run=module.run)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
-    try:
-        return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    init_logging()
+    return run_entry(lambda: int(args.run(args) or 0))  # bad input: one clear line, no traceback
 
 
 if __name__ == "__main__":

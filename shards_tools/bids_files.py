@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mused_fm.errors import InputError, MissingFileError
+
 __all__ = ["BoldRun", "find_runs", "read_events", "read_labels", "repetition_time"]
 
 _ENTITY = re.compile(r"([a-zA-Z]+)-([a-zA-Z0-9]+)")
@@ -43,20 +45,20 @@ def find_runs(root: Path, subjects: list[str] | None) -> dict[str, list[BoldRun]
     """{'sub-01': [BoldRun, ...]} for every bold run with an events file, in name order."""
     found = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
     if not found:
-        raise FileNotFoundError(f"{root} holds no sub-* folders: --root must be the BIDS dataset root.")
+        raise MissingFileError(f"{root} holds no sub-* folders: --root must be the BIDS dataset root.")
     wanted = subjects or found
     missing = [s for s in wanted if s not in found]
     if missing:
-        raise FileNotFoundError(f"{root} has no {missing}; it has {', '.join(found)}.")
+        raise MissingFileError(f"{root} has no {missing}; it has {', '.join(found)}.")
     runs: dict[str, list[BoldRun]] = {}
     for subject in wanted:
         bolds = sorted((root / subject).glob("**/func/*_bold.nii*"))
         if not bolds:
-            raise FileNotFoundError(f"{root / subject} holds no func/*_bold.nii[.gz] files.")
+            raise MissingFileError(f"{root / subject} holds no func/*_bold.nii[.gz] files.")
         for bold in bolds:
             events = bold.with_name(re.sub(r"_bold\.nii(\.gz)?$", "_events.tsv", bold.name))
             if not events.exists():
-                raise FileNotFoundError(f"{events} is missing: every bold run needs its _events.tsv.")
+                raise MissingFileError(f"{events} is missing: every bold run needs its _events.tsv.")
             runs.setdefault(subject, []).append(BoldRun(subject, bold, events))
     return runs
 
@@ -71,7 +73,7 @@ def repetition_time(root: Path, bold: Path) -> float:
             if all(ent.get(k) == v for k, v in _entities(sidecar.name).items()):
                 merged.update(json.loads(sidecar.read_text()))
     if "RepetitionTime" not in merged:
-        raise ValueError(
+        raise InputError(
             f"no RepetitionTime for {bold}: add it to {bold.name.split('.')[0]}.json or an inherited "
             f"task-{ent.get('task', '<label>')}_bold.json at the dataset root."
         )
@@ -83,7 +85,7 @@ def read_events(path: Path) -> list[dict[str, str]]:
         rows = list(csv.DictReader(f, delimiter="\t"))
     needed = {"onset", "duration", "stim_file"}
     if rows and not needed <= set(rows[0]):
-        raise ValueError(f"{path}: columns {sorted(needed - set(rows[0]))} are missing (has {list(rows[0])}).")
+        raise InputError(f"{path}: columns {sorted(needed - set(rows[0]))} are missing (has {list(rows[0])}).")
     return rows
 
 
@@ -92,7 +94,7 @@ def read_labels(path: Path) -> dict[str, tuple[list[str], str]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     if not rows or not {"stim_file", "labels"} <= set(rows[0]):
-        raise ValueError(f"{path}: expected a tab-separated header with stim_file, labels and optionally caption.")
+        raise InputError(f"{path}: expected a tab-separated header with stim_file, labels and optionally caption.")
     return {
         r["stim_file"]: ([x.strip() for x in r["labels"].split(";") if x.strip()], (r.get("caption") or "").strip())
         for r in rows

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mused_fm.errors import InputError, MissingFileError
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
 
 __all__ = ["add_arguments", "run"]
@@ -37,13 +38,13 @@ def run(args: argparse.Namespace) -> int:
     with open(args.stimuli, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     if not rows or not {"stimulus", "image", "text"} <= set(rows[0]):
-        raise ValueError(f"{args.stimuli}: expected a tab-separated header with stimulus, image and text.")
+        raise InputError(f"{args.stimuli}: expected a tab-separated header with stimulus, image and text.")
     table = {r["stimulus"]: (args.stimuli.parent / r["image"], r["text"]) for r in rows}
 
     def load(stimulus: str) -> tuple[np.ndarray, str]:
         path, text = table[stimulus]
         if not path.exists():
-            raise FileNotFoundError(f"{path} (stimulus {stimulus!r} in {args.stimuli}) does not exist.")
+            raise MissingFileError(f"{path} (stimulus {stimulus!r} in {args.stimuli}) does not exist.")
         return np.asarray(Image.open(path).convert("RGB")), text
 
     store = ClipStore(

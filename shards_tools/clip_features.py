@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mused_fm.data import storage
+from mused_fm.errors import InputError
 
 __all__ = ["ClipFeaturizer", "ClipStore", "LlvBasis", "postprocess", "similarity_fidelity"]
 
@@ -88,7 +89,7 @@ class ClipFeaturizer:
             self.processor = AutoProcessor.from_pretrained(str(model))
         except (OSError, ValueError, TypeError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(
+            raise InputError(
                 f"--clip-model {str(model)!r} does not load as a transformers CLIP model ({first}). Pass a folder "
                 "written by CLIPModel.save_pretrained with its processor (the simulated cohort has RAW/clip), or a "
                 "hub id such as openai/clip-vit-base-patch16 on a machine that can download it."
@@ -109,7 +110,7 @@ class ClipFeaturizer:
         is at least half the best one's.
         """
         if len(images) != len(texts):
-            raise ValueError(f"{len(images)} images but {len(texts)} texts; give one text per stimulus.")
+            raise InputError(f"{len(images)} images but {len(texts)} texts; give one text per stimulus.")
         llv, hlv = [], []
         for start in range(0, len(images), self.batch_size):
             stop = min(start + self.batch_size, len(images))
@@ -151,7 +152,7 @@ class ClipStore:
         if storage.exists(storage.join(self.root, "spec.json")):
             self.spec = json.loads(storage.read_bytes(storage.join(self.root, "spec.json")))
             if (self.spec["model"], self.spec["llv"]["dim"]) != (featurizer.name, llv_dim):
-                raise ValueError(
+                raise InputError(
                     f"{self.root} holds features of {self.spec['model']} with --llv-dim {self.spec['llv']['dim']}; "
                     f"this pack asks for {featurizer.name} with {llv_dim}. Use the same settings, or a new --out."
                 )

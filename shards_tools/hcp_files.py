@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mused_fm.errors import InputError, MissingFileError
+
 __all__ = ["MOVIES", "Block", "HcpResources", "parse_clip_timing", "run_path"]
 
 MOVIES = {1: ("MOVIE1_CC1", "AP"), 2: ("MOVIE2_HO1", "PA"), 3: ("MOVIE3_CC2", "PA"), 4: ("MOVIE4_HO2", "AP")}
@@ -63,7 +65,7 @@ def parse_clip_timing(path: Path) -> dict[str, list[Block]]:
         elif current is not None and re.fullmatch(r"\d+(\.\d+)?", cells[0]) and len(cells) >= 3:
             current.append(Block(cells[0], float(cells[1]), float(cells[2])))
     if not sections:
-        raise ValueError(f"{path}: no '7T_MOVIEn_XXn Video Timing' sections; is it HCP_7T_Movie_Clip_Timing.csv?")
+        raise InputError(f"{path}: no '7T_MOVIEn_XXn Video Timing' sections; is it HCP_7T_Movie_Clip_Timing.csv?")
     return sections
 
 
@@ -72,7 +74,7 @@ def run_path(root: Path, subject: str, run: int) -> Path:
     folder = f"tfMRI_{name.split('_')[0]}_7T_{phase}"
     path = root / subject / "MNINonLinear/Results" / folder / f"{folder}_hp2000_clean.nii.gz"
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path} is missing: subject {subject} needs the four 7T movie runs "
             "(package 'Movie Task fMRI 1.6mm/59k FIX-Denoised') under --root."
         )
@@ -94,7 +96,7 @@ class HcpResources:
         self.files = {p.name: p for p in sorted(self.root.rglob("*")) if p.is_file()}
         missing = [n for n in self.NAMES if n not in self.files]
         if missing:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{self.root} lacks {missing}: point --resources at the unpacked 7T movie "
                 "resources (default HCP_ROOT/7T_movie_resources)."
             )
@@ -111,7 +113,7 @@ class HcpResources:
     def movie(self, run: int, version: str) -> Path:
         name = f"7T_{MOVIES[run][0]}{'_v2' if version == 'V2' else ''}.mp4"
         if name not in self.files:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{self.root} lacks the movie {name} (stimulus version {version}); unpack the "
                 "'7T Movie Stimulus Files' package below --resources."
             )
@@ -149,5 +151,5 @@ def read_frames(movie: Path, seconds: np.ndarray) -> dict[int, np.ndarray]:
                     break
     missing = sorted(set(wanted.values()) - set(frames))
     if missing:
-        raise ValueError(f"{movie}: the movie ends before seconds {missing[:5]}...; is it the right version's file?")
+        raise InputError(f"{movie}: the movie ends before seconds {missing[:5]}...; is it the right version's file?")
     return frames

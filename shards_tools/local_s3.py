@@ -17,6 +17,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from mused_fm.errors import InputError, MissingFileError
+
 __all__ = ["add_arguments", "run"]
 
 logger = logging.getLogger(__name__)
@@ -42,16 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _parse_upload(item: str) -> tuple[Path, str, str]:
     src, sep, dest = item.partition("=")
     if not sep or not dest.startswith("s3://") or len(dest) <= len("s3://"):
-        raise ValueError(f"--upload {item!r}: expected DIR=s3://bucket/prefix.")
+        raise InputError(f"--upload {item!r}: expected DIR=s3://bucket/prefix.")
     if not Path(src).is_dir():
-        raise FileNotFoundError(f"--upload {item!r}: {src} is not a folder.")
+        raise MissingFileError(f"--upload {item!r}: {src} is not a folder.")
     return Path(src), dest.rstrip("/"), dest[len("s3://") :].split("/", 1)[0]
 
 
 def run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
-        raise ValueError("local-s3 needs a command after `--` (e.g. -- deepspeed --num_gpus 2 launch/train.py ...).")
+        raise InputError("local-s3 needs a command after `--` (e.g. -- deepspeed --num_gpus 2 launch/train.py ...).")
     uploads = [_parse_upload(item) for item in args.upload]
     from moto.server import ThreadedMotoServer
 

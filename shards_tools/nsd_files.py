@@ -25,12 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mused_fm.errors import InputError, MissingFileError
+
 __all__ = ["NsdLayout", "NsdMissingError", "betas_grid", "read_ctab", "read_session_betas"]
 
 BETA_SCALE = 300.0  # NSD stores betas as int16 percent signal change x 300
 
 
-class NsdMissingError(FileNotFoundError):
+class NsdMissingError(MissingFileError):
     """A file the NSD layout must have is not under --root."""
 
 
@@ -42,7 +44,7 @@ def read_ctab(path: Path) -> dict[int, str]:
         if len(parts) >= 2 and parts[0].isdigit() and int(parts[0]) > 0:  # '#' comments and 0 Unknown skipped
             table[int(parts[0])] = parts[1]
     if not table:
-        raise ValueError(f"{path}: no 'index name R G B A' lines; is it a FreeSurfer .ctab file?")
+        raise InputError(f"{path}: no 'index name R G B A' lines; is it a FreeSurfer .ctab file?")
     return table
 
 
@@ -88,7 +90,7 @@ class NsdLayout:
 
     def subject_dir(self, subject: str) -> Path:
         if not re.fullmatch(r"subj0[1-9]", subject):
-            raise ValueError(f"NSD subject {subject!r}: expected subj01 ... subj08.")
+            raise InputError(f"NSD subject {subject!r}: expected subj01 ... subj08.")
         return self._need(
             self.root / f"nsddata_betas/ppdata/{subject}/{self.space}/{self.betas}",
             f"the {self.betas} betas of {subject}",
@@ -152,7 +154,7 @@ def read_session_betas(path: Path, grid: tuple[int, int, int], voxels: np.ndarra
             elif tuple(betas.shape[:3]) == tuple(grid):  # already X x Y x Z x T
                 data = betas[()].reshape(-1, betas.shape[3])[voxels].T
             else:
-                raise ValueError(
+                raise InputError(
                     f"{path}: /betas has shape {betas.shape}; expected T x {grid[::-1]} (MATLAB order) "
                     f"or {grid} x T to match the ROI grid."
                 )
@@ -161,12 +163,12 @@ def read_session_betas(path: Path, grid: tuple[int, int, int], voxels: np.ndarra
 
         image = nib.load(path)
         if tuple(image.shape[:3]) != tuple(grid):
-            raise ValueError(
+            raise InputError(
                 f"{path}: betas grid {image.shape[:3]} differs from the ROI grid {tuple(grid)}; "
                 "use ROI volumes of the same space (--space) as the betas."
             )
         data = np.asarray(image.dataobj).reshape(-1, image.shape[3])[voxels].T
     data = data.astype(np.float32) / BETA_SCALE
     if not np.isfinite(data).all():
-        raise ValueError(f"{path}: NaN or infinite betas inside the ROIs; the file is damaged, download it again.")
+        raise InputError(f"{path}: NaN or infinite betas inside the ROIs; the file is damaged, download it again.")
     return data

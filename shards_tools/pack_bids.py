@@ -23,6 +23,7 @@ import numpy as np
 
 from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
 from mused_fm.data.writer import DatasetInfo, DatasetWriter
+from mused_fm.errors import InputError, MissingFileError
 from shards_tools.bids_files import find_runs, read_events, read_labels, repetition_time
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
 from shards_tools.common_args import add_output_arguments
@@ -61,20 +62,20 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     if "/" in args.site or "." in args.site or not args.site:
-        raise ValueError(f"--site {args.site!r}: a site name may not contain '/' or '.' (it prefixes subject ids).")
+        raise InputError(f"--site {args.site!r}: a site name may not contain '/' or '.' (it prefixes subject ids).")
     labels = read_labels(args.labels)
     names = sorted({c for cls, _ in labels.values() for c in cls})
     classes = [c.strip() for c in args.classes.read_text().splitlines() if c.strip()] if args.classes else names
     unknown = sorted(set(names) - set(classes))
     if unknown:
-        raise ValueError(f"{args.labels} uses classes {unknown} that --classes {args.classes} does not list.")
+        raise InputError(f"{args.labels} uses classes {unknown} that --classes {args.classes} does not list.")
     runs = find_runs(args.root, [s.strip() for s in args.subjects.split(",")] if args.subjects else None)
     events = {
         r.path: [e for e in read_events(r.events) if e["stim_file"] in labels] for rs in runs.values() for r in rs
     }
     shown = sorted({e["stim_file"] for ev in events.values() for e in ev})
     if not shown:
-        raise ValueError(f"no event of any *_events.tsv names a stim_file listed in {args.labels}.")
+        raise InputError(f"no event of any *_events.tsv names a stim_file listed in {args.labels}.")
     split_of = _splits(shown, args.test_fraction, args.val_fraction, args.seed)
 
     featurizer = ClipFeaturizer(args.clip_model, args.batch_size, args.device)
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     def load(stim: str) -> tuple[np.ndarray, str]:
         path = args.root / "stimuli" / stim
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: events name stim_file {stim!r}, expected under stimuli/.")
+            raise MissingFileError(f"{path} is missing: events name stim_file {stim!r}, expected under stimuli/.")
         names_, caption = labels[stim]
         return np.asarray(Image.open(path).convert("RGB")), caption or ", ".join(names_)
 
@@ -174,7 +175,7 @@ def _common_grid(runs: dict) -> list[int]:
         listed = "; ".join(
             f"{'x'.join(map(str, g))}: {', '.join(w[:3])}{' ...' if len(w) > 3 else ''}" for g, w in grids.items()
         )
-        raise ValueError(
+        raise InputError(
             f"the runs are on different grids ({listed}); volume mode needs one grid for all "
             "subjects: use runs resampled to a common space (e.g. fMRIPrep's MNI152 outputs), or "
             "ROI mode (--atlas) on each subject's own grid."
@@ -184,7 +185,7 @@ def _common_grid(runs: dict) -> list[int]:
 
 def _groups(args) -> list[tuple[str, list[str], list[int]]]:
     if args.atlas_labels is None:
-        raise ValueError("--atlas needs --atlas-labels, a FreeSurfer .ctab naming its labels.")
+        raise InputError("--atlas needs --atlas-labels, a FreeSurfer .ctab naming its labels.")
     ctab = read_ctab(args.atlas_labels)
     spec = args.roi_groups or ",".join(f"{name}={name}" for name in ctab.values())
     return [(g, [ctab[i] for i in lab], lab) for g, lab in resolve_groups(spec, ctab, str(args.atlas_labels))]
@@ -199,14 +200,14 @@ def _bold_transform(series, mask, train, groups, roi_dim, atlas_path):
 
     atlas = np.asarray(nib.load(atlas_path).dataobj).astype(np.int64)
     if atlas.shape != mask.shape:
-        raise ValueError(
+        raise InputError(
             f"{atlas_path}: grid {atlas.shape} differs from the bold grid {mask.shape}; resample the "
             "atlas into the bold space first."
         )
     columns = [np.flatnonzero(np.isin(atlas[mask], labels)) for _, _, labels in groups]
     empty = [g for (g, _, _), c in zip(groups, columns, strict=True) if c.size == 0]
     if empty:
-        raise ValueError(f"{atlas_path}: ROIs {empty} have no voxels inside this subject's brain mask.")
+        raise InputError(f"{atlas_path}: ROIs {empty} have no voxels inside this subject's brain mask.")
     fit = np.concatenate([series[u][rows] for u, rows in train.items() if len(rows)]) / std
     pcas = [RoiPca.fit(fit[:, c], roi_dim) for c in columns]
 

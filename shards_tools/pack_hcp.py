@@ -26,6 +26,7 @@ import numpy as np
 
 from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
 from mused_fm.data.writer import DatasetInfo, DatasetWriter
+from mused_fm.errors import InputError
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
 from shards_tools.common_args import add_output_arguments
 from shards_tools.hcp_files import MOVIES, HcpResources, read_frames, run_path
@@ -52,7 +53,7 @@ def parse_crop(text: str) -> tuple[slice, slice, slice]:
     """'2:,4:-5,:-2' -> three slices."""
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 3:
-        raise ValueError(f"--crop {text!r}: expected three comma-separated slices such as 2:,4:-5,:-2.")
+        raise InputError(f"--crop {text!r}: expected three comma-separated slices such as 2:,4:-5,:-2.")
     return tuple(slice(*[int(v) if v.strip() else None for v in p.split(":")]) for p in parts)
 
 
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()]
     unknown = [s for s in subjects if s not in versions and args.movie_version is None]
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"subjects {unknown} are in neither HCP_7T_movie_V1/V2_ReleasedSubjs.csv; say which movie "
             "version they saw with --movie-version V1|V2."
         )
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         lengths = {r: shape[3] for r, shape in shapes.items()}
         plans[subject] = (version, paths, seconds_by_split(resources, version, args.delay, lengths, held))
     if len(grids) != 1:
-        raise ValueError(
+        raise InputError(
             f"subjects' runs have different grids after --crop {args.crop}: {sorted(grids)}; one "
             "output holds one grid (HCP MNI runs are all 113x136x113)."
         )

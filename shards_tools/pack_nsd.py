@@ -26,6 +26,7 @@ import numpy as np
 
 from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
 from mused_fm.data.writer import DatasetInfo, DatasetWriter, is_packed
+from mused_fm.errors import InputError
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
 from shards_tools.common_args import add_output_arguments
 from shards_tools.nsd_files import NsdLayout, betas_grid, read_session_betas
@@ -77,7 +78,7 @@ def subject_trials(layout: NsdLayout, subject: str, design: dict, sessions: dict
     for session in sessions:
         t = (session - 1) * trials + np.arange(trials)
         if t[-1] >= order.size:
-            raise ValueError(
+            raise InputError(
                 f"{sessions[session]}: session {session} x {trials} trials goes past the "
                 f"{order.size} trials of nsd_expdesign.mat masterordering."
             )
@@ -162,7 +163,7 @@ def _prepare(layout: NsdLayout, subject: str, design: dict, args: argparse.Names
     labels_vol, ctab, roi_path = layout.roi(subject, args.atlas)
     first = next(iter(sessions.values()))
     if labels_vol.shape not in betas_grid(first):
-        raise ValueError(
+        raise InputError(
             f"{first}: betas grid {betas_grid(first)[0]} differs from the ROI grid {labels_vol.shape} of "
             f"{roi_path}; use ROI volumes of the betas' space (--space {args.space})."
         )
@@ -170,11 +171,11 @@ def _prepare(layout: NsdLayout, subject: str, design: dict, args: argparse.Names
     voxels = [np.flatnonzero(np.isin(labels_vol, lab)) for _, lab in groups]
     empty = [g for (g, _), v in zip(groups, voxels, strict=True) if v.size == 0]
     if empty:
-        raise ValueError(f"{roi_path}: ROI groups {empty} have no voxels in {subject}; drop them with --roi-groups.")
+        raise InputError(f"{roi_path}: ROI groups {empty} have no voxels in {subject}; drop them with --roi-groups.")
     data = [read_session_betas(path, labels_vol.shape, np.concatenate(voxels)) for path in sessions.values()]
     counts = {d.shape[0] for d in data}
     if len(counts) != 1:
-        raise ValueError(f"{subject}: sessions hold different trial counts {sorted(counts)}; NSD sessions hold 750.")
+        raise InputError(f"{subject}: sessions hold different trial counts {sorted(counts)}; NSD sessions hold 750.")
     trials = subject_trials(layout, subject, design, sessions, counts.pop())
     all_sessions = range(1, max(sessions) + 1)
     missing = [s for s in all_sessions if s not in sessions]

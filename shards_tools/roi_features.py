@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mused_fm.errors import InputError
+
 __all__ = ["PAPER_GROUPS", "RoiPca", "resolve_groups", "zscore_by_session"]
 
 # Kastner2015 (Wang et al. 2015) label names of each of the paper's ten groups. MT is TO1/TO2 in
@@ -50,18 +52,18 @@ def resolve_groups(spec: str | None, ctab: dict[int, str], where: str) -> list[t
         elif name in PAPER_GROUPS:
             labels = PAPER_GROUPS[name]
         else:
-            raise ValueError(
+            raise InputError(
                 f"--roi-groups: unknown ROI group {name!r}. Known groups: {', '.join(PAPER_GROUPS)}; "
                 "or define one as NAME=label+label with names from the atlas table."
             )
         found = [by_name[label.lower()] for label in labels if label.lower() in by_name]
         unknown = [label for label in labels if label.lower() not in by_name]
         if sep and unknown:
-            raise ValueError(
+            raise InputError(
                 f"--roi-groups: {unknown} of group {name!r} are not in {where} (it has {', '.join(ctab.values())})."
             )
         if not found:
-            raise ValueError(f"ROI group {name!r}: none of {labels} is in {where}; pick groups this atlas has.")
+            raise InputError(f"ROI group {name!r}: none of {labels} is in {where}; pick groups this atlas has.")
         groups.append((name, found))
     return groups
 

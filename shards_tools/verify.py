@@ -19,6 +19,7 @@ from mused_fm.data import storage
 from mused_fm.data.manifest import Manifest
 from mused_fm.data.tarfiles import decode_block, iter_raw_records, open_hashed
 from mused_fm.errors import ShardSchemaError
+from mused_fm.files import TEMPORARY_PREFIX
 
 __all__ = ["add_arguments", "run", "verify"]
 
@@ -87,7 +88,9 @@ def verify(url: str) -> dict[str, list[str]]:
             bad[shard["name"]] = problems
     listed = {s["name"] for s in manifest.shards()}
     for name in storage.listdir(storage.join(url, "shards")):
-        if name.startswith(".") and name.endswith(".tmp"):
+        if name.startswith(TEMPORARY_PREFIX) or (
+            name.startswith(".") and name.endswith(".tmp")
+        ):  # and older versions' names
             continue  # a temporary file of an interrupted local write, never read by anything
         if f"shards/{name}" not in listed:
             bad[f"shards/{name}"] = ["not in the manifest (left by another pack, or copied in by hand)"]

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mused_fm.errors import InputError
+
 __all__ = ["center_runs", "load_masked_runs", "train_std"]
 
 
@@ -30,19 +32,19 @@ def load_masked_runs(paths: dict, crop: tuple[slice, ...] = (slice(None),) * 3):
     for run, path in paths.items():
         data = np.asarray(nib.load(Path(path)).dataobj, dtype=np.float32)
         if data.ndim != 4:
-            raise ValueError(f"{path}: expected a 4D run (X, Y, Z, T), got shape {data.shape}.")
+            raise InputError(f"{path}: expected a 4D run (X, Y, Z, T), got shape {data.shape}.")
         data = data[(*crop, slice(None))]
         if grid is not None and data.shape[:3] != grid:
-            raise ValueError(f"{path}: grid {data.shape[:3]} differs from the subject's other runs {grid}.")
+            raise InputError(f"{path}: grid {data.shape[:3]} differs from the subject's other runs {grid}.")
         grid = data.shape[:3]
         if not np.isfinite(data).all():
-            raise ValueError(f"{path}: NaN or infinite values; the file is damaged, download it again.")
+            raise InputError(f"{path}: NaN or infinite values; the file is damaged, download it again.")
         run_masks[run] = (data != 0).all(-1) & (data.std(-1) > 0)
         kept[run] = data[run_masks[run]]  # (V_run, T)
         del data
     mask = np.logical_and.reduce(list(run_masks.values()))
     if not mask.any():
-        raise ValueError(f"no voxel is non-zero and varying in every run of {[str(p) for p in paths.values()]}.")
+        raise InputError(f"no voxel is non-zero and varying in every run of {[str(p) for p in paths.values()]}.")
     runs = {run: np.ascontiguousarray(series[mask[run_masks[run]]].T) for run, series in kept.items()}  # (T, V)
     return runs, mask
 

@@ -40,7 +40,7 @@ def test_manifest_counts_and_sha256(tmp_path):
         data = (tmp_path / shard["name"]).read_bytes()
         assert shard["bytes"] == len(data) and shard["sha256"] == hashlib.sha256(data).hexdigest()
     assert read_manifest(str(tmp_path)) == manifest
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob(".tmp-*"))  # no unfinished write left
 
 
 def test_round_trip_dtypes_and_precision(tmp_path):
@@ -195,6 +195,7 @@ def test_verify_reports_instead_of_crashing(tmp_path):
     (tmp_path / first).unlink()
     (tmp_path / first).mkdir()  # a folder where a shard should be
     (tmp_path / "shards" / ".subj01-train-000009.tar.1a2b3c4d.tmp").write_bytes(b"partial")  # ignored
+    (tmp_path / "shards" / ".tmp-123-1a2b3c4d-subj01-train-000009.tar").write_bytes(b"partial")  # ignored
     edited = json.loads((tmp_path / "manifest.json").read_text())
     edited["shards"][1]["subject"] = "nsd/subj09"
     edited["shards"].append(dict(edited["shards"][2], name=edited["shards"][2]["name"]))  # listed twice

@@ -8,12 +8,13 @@ Each benchmark's JSON also records, under "environment", the command, the machin
 from __future__ import annotations
 
 import argparse
-import logging
 import shlex
 import sys
 
-from mused_fm.bench.common import environment, write_json
+from mused_fm.bench.common import environment
 from mused_fm.bench.doc import BENCHMARKS, update_doc
+from mused_fm.data.storage import write_json
+from mused_fm.log import init_logging
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         return {"doc": args.doc, "changed": changed}
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    init_logging()
     # Recorded before the run, so the date says when it started.
     env = environment(shlex.join(["python", "-m", "mused_fm.bench", *argv]))
     result = args.module.run(args)

@@ -4,7 +4,6 @@ and mused_fm.flops, which the trainer uses too."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -15,10 +14,9 @@ from datetime import datetime, timezone
 import torch
 
 from mused_fm import machine
-from mused_fm.data import storage
 from mused_fm.flops import sync
 
-__all__ = ["environment", "time_interleaved", "write_json"]
+__all__ = ["environment", "time_interleaved"]
 
 
 def environment(command: str) -> dict:
@@ -66,7 +64,3 @@ def time_interleaved(
             sync(device)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def write_json(path: str | os.PathLike, payload: dict) -> None:
-    storage.write_bytes(str(path), (json.dumps(payload, indent=1) + "\n").encode())

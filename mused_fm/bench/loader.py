@@ -87,7 +87,7 @@ def _rate(url: str, batches: int, server_pid: int | None = None) -> dict:
     """samples/s over `batches` timed batches, with this process's and the server's CPU seconds meanwhile."""
     rows = {s: i for i, s in enumerate(SUBJECTS)}
     loader = train_loader(
-        DatasetStream("nsd", url, rows),
+        DatasetStream.open(url, rows),
         "train",
         batch_size=64,
         epoch_batches=batches + 10,

@@ -21,7 +21,8 @@ import shutil
 import time
 from pathlib import Path
 
-from shards_tools.synth.files import write_json
+from mused_fm.errors import InputError
+from mused_fm.files import write_json
 from shards_tools.synth.presets import PRESETS, get_preset
 
 __all__ = ["PRESETS", "SUMMARY_FILE", "synth"]
@@ -34,7 +35,7 @@ PARTS = ("nsd", "hcp", "bids", "clip")
 def _clear_previous(out: Path) -> None:
     present = [out / part for part in PARTS if (out / part).exists()]
     if present and not (out / SUMMARY_FILE).exists():
-        raise ValueError(
+        raise InputError(
             f"{present[0]} exists but {out / SUMMARY_FILE} does not, so it was not written by synth; "
             f"refusing to overwrite it. Choose an empty --out folder, or remove {', '.join(map(str, present))}."
         )

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mused_fm.files import atomic_path, write_json
 from shards_tools.synth import brain as B
 from shards_tools.synth import stimuli
-from shards_tools.synth.files import atomic_path, rng_for, save_nifti, write_json, write_text
+from shards_tools.synth.files import rng_for, save_nifti, write_text
 from shards_tools.synth.presets import NSD_CATEGORIES, BidsPreset
 
 __all__ = ["DELAY_S", "write_bids"]

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from mused_fm.errors import InputError
+
 __all__ = [
     "KASTNER_NAMES",
     "ROI_GROUPS",
@@ -214,7 +216,7 @@ def subject_maps(
     w = _standardize(fields[:, brain.mask])  # (K + F, V)
     if template is not None:
         if template.num_maps != len(w):
-            raise ValueError(f"template has {template.num_maps} maps, the subject needs {len(w)}")
+            raise InputError(f"template has {template.num_maps} maps, the subject needs {len(w)}")
         shift = rng.normal(0, TEMPLATE_SHIFT, 3).astype(np.float32)
         shared = _standardize(template(brain.u[:, brain.mask] + shift[:, None]))
         w = _standardize(np.sqrt(1 - individual) * shared + np.sqrt(individual) * w)

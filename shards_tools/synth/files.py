@@ -10,17 +10,14 @@ with the current date) is replaced by a fixed text.
 
 from __future__ import annotations
 
-import json
-import os
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "rng_for", "save_mat", "save_nifti", "write_json", "write_text"]
+from mused_fm.files import atomic_path
+
+__all__ = ["rng_for", "save_mat", "save_nifti", "write_text"]
 
 MAT_HEADER = b"MATLAB 5.0 MAT-file, written by shards_tools synth (simulated NSD design)"
 
@@ -31,29 +28,10 @@ def rng_for(seed: int, *keys: str | int) -> np.random.Generator:
     return np.random.default_rng(words)
 
 
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` to write to; rename it over `path` on success, delete it on error."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_text(path: str | Path, text: str, newline: str = "\n") -> None:
     """Write `text` with `\\n` translated to `newline` (CSV files of the HCP release use CR or CRLF)."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(text.replace("\n", newline).encode())
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
 
 
 def save_nifti(path: str | Path, data: np.ndarray, zooms: tuple[float, ...], affine: np.ndarray) -> None:

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mused_fm.files import atomic_path
 from shards_tools.synth import brain as B
 from shards_tools.synth import hcp_movie as M
 from shards_tools.synth import stimuli
-from shards_tools.synth.files import atomic_path, rng_for, save_nifti, write_text
+from shards_tools.synth.files import rng_for, save_nifti, write_text
 from shards_tools.synth.presets import HcpPreset
 
 __all__ = ["CROP", "DELAY_S", "timing_csv", "write_hcp"]

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mused_fm.files import atomic_path
 from shards_tools.synth import stimuli
-from shards_tools.synth.files import atomic_path
 
 __all__ = ["FPS", "MOVIES", "Block", "make_runs", "opening_frames", "per_second_labels", "run_seconds", "write_movies"]
 

@@ -26,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mused_fm.errors import InputError
+from mused_fm.files import atomic_path, write_json
 from shards_tools.synth import coco, stimuli
-from shards_tools.synth.files import atomic_path, rng_for, save_mat, write_json, write_text
+from shards_tools.synth.files import rng_for, save_mat, write_text
 from shards_tools.synth.presets import NSD_CATEGORIES, NsdPreset
 
 __all__ = ["NsdStimuli", "make_design", "make_stimuli", "write_nsd"]
@@ -76,7 +78,7 @@ def make_design(p: NsdPreset, seed: int) -> dict[str, np.ndarray]:
     n_img, tps = p.num_images_per_subject, p.trials_per_session
     total = 3 * n_img
     if total != max(p.sessions) * tps or min(p.sessions) * tps < 3 * p.num_shared:
-        raise ValueError(f"NSD preset {p}: 3 × images must fill the sessions and the shared trials fit the shortest")
+        raise InputError(f"NSD preset {p}: 3 × images must fill the sessions and the shared trials fit the shortest")
     order = np.zeros(total, dtype=np.int32)
     shared_slots = np.sort(rng.choice(min(p.sessions) * tps, 3 * p.num_shared, replace=False))
     order[shared_slots] = rng.permutation(np.repeat(np.arange(1, p.num_shared + 1), 3))

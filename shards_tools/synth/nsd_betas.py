@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import binary_dilation
 
+from mused_fm.files import atomic_path
 from shards_tools.synth import brain as B
-from shards_tools.synth.files import atomic_path, rng_for, save_nifti, write_text
+from shards_tools.synth.files import rng_for, save_nifti, write_text
 from shards_tools.synth.presets import NSD_GRIDS, NsdPreset
 
 __all__ = ["write_ctab", "write_subject"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mused_fm.errors import InputError
+
 __all__ = ["PRESETS", "BidsPreset", "HcpPreset", "NsdPreset", "Preset", "get_preset"]
 
 # Real NSD func1pt8mm grids / ~4 (subj01 81x104x83 -> 20x26x21, ...).
@@ -113,5 +115,5 @@ PRESETS = {
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        raise InputError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
     return PRESETS[name]
