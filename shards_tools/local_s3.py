@@ -13,21 +13,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import subprocess
 from pathlib import Path
 
 from mused_fm.errors import InputError, MissingFileError
+from shards_tools.s3_server import local_s3_server, pointed_at
 
 __all__ = ["add_arguments", "run"]
 
 logger = logging.getLogger(__name__)
-DUMMY_ENV = {
-    "AWS_ACCESS_KEY_ID": "local-s3",
-    "AWS_SECRET_ACCESS_KEY": "local-s3",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,19 +49,9 @@ def run(args: argparse.Namespace) -> int:
     if not command:
         raise InputError("local-s3 needs a command after `--` (e.g. -- deepspeed --num_gpus 2 launch/train.py ...).")
     uploads = [_parse_upload(item) for item in args.upload]
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        # Set here, not only for the command: this process uploads too, and the command inherits them.
-        os.environ.update({**DUMMY_ENV, "AWS_ENDPOINT_URL": f"http://{host}:{port}"})
-        os.environ.pop("AWS_PROFILE", None)
+    with local_s3_server() as server, pointed_at(server.endpoint):  # the command inherits the variables
         import s3fs
 
-        s3fs.S3FileSystem.clear_instance_cache()
         fs = s3fs.S3FileSystem()
         for src, dest, bucket in uploads:
             if not fs.exists(bucket):
@@ -77,7 +61,5 @@ def run(args: argparse.Namespace) -> int:
                 fs.put_file(str(path), f"{dest}/{path.relative_to(src).as_posix()}".removeprefix("s3://"))
             size = sum(p.stat().st_size for p in files)
             logger.info("uploaded %d files (%.1f MB) from %s to %s", len(files), size / 1e6, src, dest)
-        logger.info("local S3 server at http://%s:%d; running: %s", host, port, " ".join(command))
+        logger.info("local S3 server at %s; running: %s", server.endpoint, " ".join(command))
         return subprocess.run(command).returncode
-    finally:
-        server.stop()

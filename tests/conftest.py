@@ -73,16 +73,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """A real S3 protocol server (moto) on loopback, port chosen by the OS."""
-    import logging
+    from shards_tools.s3_server import local_s3_server
 
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with local_s3_server() as server:
+        yield server.endpoint
 
 
 @pytest.fixture
@@ -93,13 +87,9 @@ def s3_bucket(moto_endpoint, monkeypatch) -> str:
 
     import s3fs
 
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_ENDPOINT_URL": moto_endpoint,
-    }.items():
+    from shards_tools.s3_server import client_env
+
+    for key, value in client_env(moto_endpoint).items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")).close()

@@ -4,9 +4,10 @@ several ranks one failing rank ends the job instead of leaving the others waitin
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from mused_fm.entry import run_entry
 from mused_fm.errors import RecipeError
 
 from train_helpers import ROOT, child_env, free_port
+
+WORKER = ROOT / "tests" / "failing_rank_worker.py"
 
 
 def test_a_named_error_is_one_line_and_exit_2(tmp_path):
@@ -75,22 +78,27 @@ def test_a_bug_in_a_launcher_keeps_its_traceback(monkeypatch, capsys):
     ("kind", "says"), [("named", "error: rank 1 cannot go on"), ("bug", "RuntimeError: rank 1 has a bug")]
 )
 def test_one_failing_rank_ends_the_job(kind, says):
-    """The exit code is the first failing process's: rank 1's, or rank 0's when gloo reports the lost peer first."""
+    """Rank 1 fails (its teardown would block) while rank 0 waits in all_reduce: the launcher ends the job.
+
+    The exit code is the first failing process's: rank 1's, or rank 0's when gloo reports the lost peer first.
+    """
     launcher = Path(sys.executable).with_name("deepspeed")
-    cmd = [
-        str(launcher),
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(ROOT / "tests" / "failing_rank_worker.py"),
-        kind,
-    ]
-    began = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=180)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode != 0, output[-3000:]
-    assert time.monotonic() - began < 120, "the job outlived its failing rank"
+    cmd = [str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), str(WORKER), kind]
+    job = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output = job.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)  # the launcher and both ranks
+        pytest.fail("the job outlived its failing rank by two minutes: " + job.communicate()[0][-3000:])
+    assert job.returncode != 0, output[-3000:]
     assert output.count(says) == 1, output[-3000:]
     # rank 1's own traceback (prefixed by torch.distributed) only for a bug; rank 0 reports the lost peer
     assert ("[rank1]: Traceback (most recent call last)" in output) == (kind == "bug"), output[-3000:]

@@ -111,59 +111,13 @@ def _rate(url: str, batches: int, server_pid: int | None = None) -> dict:
 @contextlib.contextmanager
 def _moto_bucket():
     """A moto S3 server in its own process on loopback (in-process, its threads would share our core)."""
-    import socket
-    import subprocess
-    import sys
-    import urllib.request
-
     import s3fs
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {
-        k: os.environ.get(k)
-        for k in (
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_ENDPOINT_URL",
-            "AWS_DEFAULT_REGION",
-            "AWS_EC2_METADATA_DISABLED",
-        )
-    }
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
-    )
-    try:
-        for _ in range(100):  # the server takes a few seconds to import
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/").close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        s3fs.S3FileSystem.clear_instance_cache()
+    from shards_tools.s3_server import local_s3_server, pointed_at
+
+    with local_s3_server(in_process=False) as server, pointed_at(server.endpoint):
         s3fs.S3FileSystem().mkdir("mused-bench")
         yield "s3://mused-bench", server.pid
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _train_rate() -> float:
