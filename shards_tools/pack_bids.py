@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
+from mused_fm.data.schema import make_sample
 from mused_fm.data.writer import DatasetInfo, DatasetWriter
 from mused_fm.errors import InputError, MissingFileError
 from shards_tools.bids_files import find_runs, read_events, read_labels, repetition_time
@@ -141,20 +141,10 @@ def run(args: argparse.Namespace) -> int:
             for unit, t, k, stim in rows:
                 target = np.zeros(len(classes), dtype=np.uint8)
                 target[[class_index[c] for c in labels[stim][0]]] = 1
-                meta = {
-                    "dataset": args.site,
-                    "subject": subject_id,
-                    "site": args.site,
-                    "stimulus": stim,
-                    "split": split_of[stim],
-                    "unit": unit,
-                    "index": k,
-                    "schema": SCHEMA_VERSION,
-                    "volume": t,
-                }
-                sub.add(
-                    Sample(sample_key(args.site, subject, unit, k), bold_of(unit, t), *features[stim], target, meta)
+                sample = make_sample(
+                    subject_id, unit, k, stim, split_of[stim], bold_of(unit, t), *features[stim], target, volume=t
                 )
+                sub.add(sample)
     manifest = writer.finish()
     print(
         f"{args.out}: {sum(s['count'] for s in manifest['shards'])} samples of {len(manifest['subjects'])} "

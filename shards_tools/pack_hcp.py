@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
+from mused_fm.data.schema import make_sample
 from mused_fm.data.writer import DatasetInfo, DatasetWriter
 from mused_fm.errors import InputError
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
@@ -176,26 +176,9 @@ def run(args: argparse.Namespace) -> int:
                 for second, split in rows:
                     bold = (volumes[r][second + args.delay] / std).astype(np.float16)
                     llv, hlv = features[f"hcp-{version}-{r}-{second:04d}"]
-                    meta = {
-                        "dataset": "hcp",
-                        "subject": f"hcp/{subject}",
-                        "site": "hcp",
-                        "stimulus": f"{MOVIES[r][0]}-{version}-t{second:04d}",
-                        "split": split,
-                        "unit": f"run{r}",
-                        "index": second,
-                        "schema": SCHEMA_VERSION,
-                    }
-                    sub.add(
-                        Sample(
-                            sample_key("hcp", subject, f"run{r}", second),
-                            bold,
-                            llv,
-                            hlv,
-                            wordnet[r][second, keep].astype(np.uint8),
-                            meta,
-                        )
-                    )
+                    stimulus = f"{MOVIES[r][0]}-{version}-t{second:04d}"
+                    labels = wordnet[r][second, keep].astype(np.uint8)
+                    sub.add(make_sample(f"hcp/{subject}", f"run{r}", second, stimulus, split, bold, llv, hlv, labels))
     manifest = writer.finish()
     print(
         f"{args.out}: {sum(s['count'] for s in manifest['shards'])} samples of {len(manifest['subjects'])} HCP "

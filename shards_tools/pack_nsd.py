@@ -24,7 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
+from mused_fm.data.schema import make_sample
 from mused_fm.data.writer import DatasetInfo, DatasetWriter, is_packed
 from mused_fm.errors import InputError
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
@@ -215,24 +215,10 @@ def _write_subject(sub, prep, features, coco_labels, stim_info, num_classes, arg
             llv, hlv = features[f"nsd{nsd_id:05d}"]
             labels = np.zeros(num_classes, dtype=np.uint8)
             labels[list(coco_labels.get(stim_info[nsd_id][0], ()))] = 1
-            meta = {
-                "dataset": "nsd",
-                "subject": subject_id,
-                "site": "nsd",
-                "stimulus": f"nsd{nsd_id:05d}",
-                "split": str(split[idx[0]]),
-                "unit": unit,
-                "index": index,
-                "schema": SCHEMA_VERSION,
-                "trials": [int(trials[i, 1]) for i in idx],
-            }
-            sub.add(
-                Sample(
-                    sample_key("nsd", subject_id, unit, index),
-                    bold[idx].mean(0).astype(np.float16),
-                    llv,
-                    hlv,
-                    labels,
-                    meta,
-                )
+            bold_mean = bold[idx].mean(0).astype(np.float16)
+            trial_numbers = [int(trials[i, 1]) for i in idx]
+            stimulus, split_name = f"nsd{nsd_id:05d}", str(split[idx[0]])
+            sample = make_sample(
+                subject_id, unit, index, stimulus, split_name, bold_mean, llv, hlv, labels, trials=trial_numbers
             )
+            sub.add(sample)

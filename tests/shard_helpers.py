@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 
-from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
+from mused_fm.data.schema import Sample, make_sample
 from mused_fm.data.writer import DatasetInfo, DatasetWriter
 
 CLASSES = [f"class{i}" for i in range(7)]  # distinct sizes: 7 classes, bold 3 x 5, llv 11, hlv 6
@@ -32,24 +32,17 @@ def make_samples(subject: str, n: int) -> list[Sample]:
     out = []
     for i in range(n):
         split = "test" if i % 5 == 0 else "val" if i % 7 == 0 else "train"
-        meta = {
-            "dataset": "nsd",
-            "subject": subject,
-            "site": "nsd",
-            "stimulus": f"img{i % 9}",
-            "split": split,
-            "unit": f"s{i // 10 + 1:02d}",
-            "index": i,
-            "schema": SCHEMA_VERSION,
-        }
         out.append(
-            Sample(
-                key=sample_key("nsd", subject, meta["unit"], i),
+            make_sample(
+                subject,
+                f"s{i // 10 + 1:02d}",
+                i,
+                f"img{i % 9}",
+                split,
                 bold=rng.standard_normal((3, 5)).astype(np.float16),
                 clip_llv=rng.standard_normal(11).astype(np.float16),
                 clip_hlv=rng.standard_normal(6).astype(np.float16),
                 labels=(rng.random(7) < 0.3).astype(np.uint8),
-                meta=meta,
             )
         )
     return out

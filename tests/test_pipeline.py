@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mused_fm.data.pipeline import DatasetStream, eval_batches, split_batch, train_loader
-from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
+from mused_fm.data.schema import Sample, make_sample
 from mused_fm.data.writer import DatasetWriter
 from mused_fm.errors import ShardSchemaError, UnknownSubjectError
 
@@ -119,24 +119,17 @@ def test_volume_samples_are_unmasked_into_the_grid(tmp_path):
     with writer.subject("hcp/100610", {}) as sub:
         sub.save_preproc({"mask": mask})
         for i in range(10):
-            meta = {
-                "dataset": "hcp",
-                "subject": "hcp/100610",
-                "site": "hcp",
-                "stimulus": f"t{i}",
-                "split": "test",
-                "unit": "run4",
-                "index": i,
-                "schema": SCHEMA_VERSION,
-            }
             sub.add(
-                Sample(
-                    sample_key("hcp", "100610", "run4", i),
+                make_sample(
+                    "hcp/100610",
+                    "run4",
+                    i,
+                    f"t{i}",
+                    "test",
                     rng.standard_normal(mask.sum()).astype(np.float16),
                     np.zeros(11, np.float16),
                     np.zeros(6, np.float16),
                     np.zeros(7, np.uint8),
-                    meta,
                 )
             )
     writer.finish()

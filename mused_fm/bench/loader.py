@@ -25,7 +25,7 @@ import torch
 
 from mused_fm.bench.targets import Target
 from mused_fm.data.pipeline import DatasetStream, train_loader
-from mused_fm.data.schema import SCHEMA_VERSION, Sample, sample_key
+from mused_fm.data.schema import make_sample
 from mused_fm.data.writer import DatasetInfo, DatasetWriter
 
 SUBJECTS = [f"nsd/subj0{i}" for i in range(1, 9)]
@@ -57,19 +57,9 @@ def _write(url: str, n: int) -> None:
     for subject in SUBJECTS:
         with writer.subject(subject, {}) as sub:
             for i in range(n // len(SUBJECTS)):
-                meta = {
-                    "dataset": "nsd",
-                    "subject": subject,
-                    "site": "nsd",
-                    "stimulus": f"nsd{i:05d}",
-                    "split": "train",
-                    "unit": "s01",
-                    "index": i,
-                    "schema": SCHEMA_VERSION,
-                }
                 arrays = [rng.standard_normal(shape).astype(np.float16) for shape in ((10, 268), 1024, 512)]
                 labels = (rng.random(80) < 0.05).astype(np.uint8)
-                sub.add(Sample(sample_key("nsd", subject, "s01", i), *arrays, labels, meta))
+                sub.add(make_sample(subject, "s01", i, f"nsd{i:05d}", "train", *arrays, labels))
     writer.finish()
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from mused_fm.errors import ShardSchemaError
+from mused_fm.subject_ids import dataset_of, name_of
 
 __all__ = [
     "BOLD",
@@ -45,6 +46,7 @@ __all__ = [
     "Block",
     "Sample",
     "ShardSchemaError",
+    "make_sample",
     "member_shapes",
     "sample_key",
 ]
@@ -65,7 +67,7 @@ _KEY_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 def sample_key(dataset: str, subject: str, unit: str, index: int) -> str:
     """`nsd_subj01_s03_t000512`: dots and slashes become '-', so WebDataset keeps the key whole."""
-    parts = [dataset, subject.split("/", 1)[-1], unit, f"t{index:06d}"]
+    parts = [dataset, name_of(subject) if "/" in subject else subject, unit, f"t{index:06d}"]
     key = "_".join(re.sub(r"[^A-Za-z0-9\-]", "-", p) for p in parts)
     assert _KEY_OK.match(key), key
     return key
@@ -94,6 +96,41 @@ class Sample:
             raise ShardSchemaError(f"{origin}sample key {self.key!r} may hold only letters, digits, '_' and '-'.")
         _check_arrays(self.arrays(), shapes, f"{origin}{self.key}")
         _check_meta(self.meta, f"{origin}{self.key}")
+
+
+def make_sample(
+    subject: str,
+    unit: str,
+    index: int,
+    stimulus: str,
+    split: str,
+    bold: np.ndarray,
+    clip_llv: np.ndarray,
+    clip_hlv: np.ndarray,
+    labels: np.ndarray,
+    site: str | None = None,
+    **extra: Any,
+) -> Sample:
+    """A sample with its key and meta: the one place a packer's meta dict is built.
+
+    Args:
+        subject: global id ('nsd/subj01'); its dataset part is the meta's dataset (and site, by default).
+        unit: session or run ('s03', 'run1'); index: position within the unit.
+        extra: dataset-specific meta fields after the schema's (NSD: trials, BIDS: volume).
+    """
+    dataset = dataset_of(subject)
+    meta = {
+        "dataset": dataset,
+        "subject": subject,
+        "site": site or dataset,
+        "stimulus": stimulus,
+        "split": split,
+        "unit": unit,
+        "index": index,
+        "schema": SCHEMA_VERSION,
+        **extra,
+    }
+    return Sample(sample_key(dataset, subject, unit, index), bold, clip_llv, clip_hlv, labels, meta)
 
 
 @dataclass
