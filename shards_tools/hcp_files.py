@@ -1,6 +1,6 @@
 """Readers of the HCP 7T movie release: runs, clip timing, stimulus versions, WordNet labels, movies.
 
-Layout and conventions (sources in reference/datasets.md, "HCP 7T movie release"):
+Layout and conventions of the HCP 7T movie release (ConnectomeDB, HCP 1200 reference manual):
     {subject}/MNINonLinear/Results/tfMRI_MOVIE{n}_7T_{AP|PA}/tfMRI_MOVIE{n}_7T_{AP|PA}_hp2000_clean.nii.gz
         MOVIE1 AP, MOVIE2 PA, MOVIE3 PA, MOVIE4 AP; 113 x 136 x 113 x T float, TR 1 s
     found by release name anywhere below the resources folder (however the zips were unpacked):

@@ -1,6 +1,6 @@
 """Readers of the files the Natural Scenes Dataset ships, in its release layout.
 
-Paths and conventions (sources in reference/datasets.md, section 3.1):
+Paths and conventions of the NSD release (its data manual, naturalscenesdataset.org):
     nsddata/experiments/nsd/nsd_expdesign.mat         masterordering (1 x 30000), subjectim (8 x 10000),
                                                       sharedix (1 x 1000); all 1-based
     nsddata/experiments/nsd/nsd_stim_info_merged.csv  index column 0; cocoId, cocoSplit, nsdId, ...

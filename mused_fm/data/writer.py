@@ -42,8 +42,9 @@ from mused_fm.data import storage
 from mused_fm.data.manifest import MANIFEST
 from mused_fm.data.schema import META, SCHEMA_VERSION, SPLITS, Block, Sample, ShardSchemaError, member_shapes
 from mused_fm.data.tarfiles import open_hashed
+from mused_fm.subject_ids import name_of
 
-__all__ = ["DatasetInfo", "DatasetWriter", "SubjectWriter", "encode_block", "is_packed", "subject_name"]
+__all__ = ["DatasetInfo", "DatasetWriter", "SubjectWriter", "encode_block", "is_packed"]
 
 logger = logging.getLogger(__name__)
 INFO = "info.json"
@@ -69,11 +70,6 @@ class DatasetInfo:
     """Packer-specific facts (crop, delay, label threshold, ...)."""
 
 
-def subject_name(subject_id: str) -> str:
-    """File-name part of a global id: 'nsd/subj01' -> 'subj01', 'mysite/sub-01' -> 'sub-01'."""
-    return subject_id.split("/", 1)[1]
-
-
 def _stored_fingerprint(fingerprint: dict[str, Any], maxcount: int, block_size: int) -> dict[str, Any]:
     stored = {**fingerprint, "maxcount": maxcount, "block_size": block_size}
     return json.loads(json.dumps(stored))  # as stored: tuples become lists
@@ -81,7 +77,7 @@ def _stored_fingerprint(fingerprint: dict[str, Any], maxcount: int, block_size: 
 
 def is_packed(out_url: str, subject_id: str, fingerprint: dict[str, Any], maxcount: int, block_size: int = 128) -> bool:
     """Whether `subject_id` is already complete in `out_url` with these settings (so it can be skipped unread)."""
-    part_url = storage.join(str(out_url).rstrip("/"), "parts", f"{subject_name(subject_id)}.json")
+    part_url = storage.join(str(out_url).rstrip("/"), "parts", f"{name_of(subject_id)}.json")
     if not storage.exists(part_url):
         return False
     stored = _stored_fingerprint(fingerprint, maxcount, block_size)
@@ -143,7 +139,7 @@ class DatasetWriter:
         fingerprint = _stored_fingerprint(fingerprint, self.maxcount, self.block_size)
         if not subject_id.startswith(f"{self.info.dataset}/"):
             raise ShardSchemaError(f"subject id {subject_id!r} must start with '{self.info.dataset}/'.")
-        name = subject_name(subject_id)
+        name = name_of(subject_id)
         part_url = storage.join(self.out, "parts", f"{name}.json")
         if storage.exists(part_url):
             done = json.loads(storage.read_bytes(part_url))
@@ -190,7 +186,7 @@ class DatasetWriter:
 class SubjectWriter:
     def __init__(self, parent: DatasetWriter, subject_id: str, fingerprint: dict[str, Any]) -> None:
         self.parent, self.subject_id, self.fingerprint = parent, subject_id, fingerprint
-        self.name = subject_name(subject_id)
+        self.name = name_of(subject_id)
         self._pending: dict[str, list[Sample]] = defaultdict(list)
         self._next_index: dict[str, int] = defaultdict(int)
         self._shards: list[dict] = []

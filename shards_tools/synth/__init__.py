@@ -3,8 +3,8 @@
     from shards_tools.synth import synth
     summary = synth("RAW", preset="test", seed=0)   # RAW/{nsd,hcp,bids,clip}, RAW/synth_summary.json
 
-Packers written for the real releases read RAW/nsd, RAW/hcp and RAW/bids unchanged (DESIGN.md §8;
-layouts in reference/datasets.md). The planted ground truth (stimuli.py, brain.py): multi-label
+Packers written for the real releases read RAW/nsd, RAW/hcp and RAW/bids unchanged (the layouts
+are those of nsd_files.py, hcp_files.py and bids_files.py). The planted ground truth (stimuli.py, brain.py): multi-label
 stimuli whose images' low-level statistics depend on their classes; each subject responds through its
 own smooth maps of the class vector and of those statistics, low-level tuning early in the visual
 hierarchy and category tuning later, plus noise. Output is a function of (preset, seed) alone.

@@ -7,7 +7,7 @@
     stimuli/<name>.png                                 stim_file names are relative to stimuli/, as BIDS says
     LABELS.tsv                                         stim_file, labels (class names joined by ';'), caption
 
-This is what `pack-bids` reads (DESIGN.md §7). Onsets fall on TRs, several TRs apart; each subject
+This is what `pack-bids` reads (shards_tools/bids_files.py). Onsets fall on TRs, several TRs apart; each subject
 sees every image once, in its own order. The planted response (brain.py, with this subject's own
 maps) sits in the volume at onset + 4 s, on top of a baseline intensity, plus noise.
 """

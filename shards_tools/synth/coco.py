@@ -1,6 +1,6 @@
 """COCO 2017 annotation files for the simulated NSD images, in the real COCO JSON format.
 
-NSD images are COCO images cropped to a square (reference/datasets.md §3.1: packers match on
+NSD images are COCO images cropped to a square (packers match on
 `cocoId` + `cocoSplit` and adjust boxes by `cropBox`), so each simulated image gets a COCO identity:
 an original width × height, a cropBox (top, bottom, left, right fractions cut away) and boxes in
 original pixel coordinates. `instances_*.json` list all 80 real categories with their real ids

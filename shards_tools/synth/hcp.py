@@ -1,6 +1,6 @@
 """Simulated HCP 7T movie release under RAW/hcp: per-subject MNI volumes plus the 7T_movie_resources package.
 
-Layout and formats as the real release (reference/datasets.md, "HCP 7T movie release: verified details"):
+Layout and formats as the real release (the paths of shards_tools/hcp_files.py):
 
     {sub}/MNINonLinear/Results/tfMRI_MOVIE{n}_7T_{AP|PA}/tfMRI_MOVIE{n}_7T_{AP|PA}_hp2000_clean.nii.gz
         float32 X×Y×Z×T, TR 1 s (pixdim[4] = 1), T = run length in seconds; MOVIE1 AP, 2 PA, 3 PA, 4 AP.

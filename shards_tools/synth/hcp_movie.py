@@ -1,6 +1,6 @@
 """The simulated HCP 7T movies: run structure, per-second WordNet labels, and the mp4 files (24 fps).
 
-Mirrors the real stimulus package (reference/datasets.md, HCP sections 1-3): four runs MOVIE1_CC1,
+Mirrors the real stimulus package of the HCP 7T movie release: four runs MOVIE1_CC1,
 MOVIE2_HO1, MOVIE3_CC2, MOVIE4_HO2; each starts with 20 s of rest (480 frames at 24 fps), has clips
 separated by 20 s rest blocks, then a validation clip identical in all four runs, then 20 s of rest;
 a run lasts a whole number of seconds (the real ones 921/918/915/901 s), so the last regular clip is

@@ -1,6 +1,6 @@
 """Simulated NSD release under RAW/nsd: design, stimulus table, images, COCO annotations (betas: nsd_betas.py).
 
-Written exactly where the real release keeps them (reference/datasets.md §3.1):
+Written exactly where the real release keeps them (the paths of shards_tools/nsd_files.py):
 
     nsddata/experiments/nsd/nsd_expdesign.mat          masterordering (1 × trials), subjectim (8 × images
                                                         per subject), sharedix (1 × shared); all 1-based

@@ -1,6 +1,6 @@
 """Simulated NSD subjects: single-trial betas and ROI volumes on each subject's own func1pt8mm grid.
 
-Per subject, as the real release (reference/datasets.md §3.1):
+Per subject, as the real release (the paths of shards_tools/nsd_files.py):
 
     nsddata_betas/ppdata/subjAA/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_sessionNN.nii.gz
         int16 X×Y×Z×trials_per_session, value = % signal change × 300, 0 outside the brain mask

@@ -1,7 +1,7 @@
 """Named sizes of the simulated cohort: `test` (seconds, used by many tests) and `demo` (enough to learn from).
 
 Only numbers live here; the writers in nsd.py, hcp.py and bids.py hold the logic. Grid sizes are the
-real per-subject NSD func1pt8mm grids (reference/datasets.md §3.1: subj01 81×104×83, ...) divided by
+real per-subject NSD func1pt8mm grids (subj01 81×104×83, ...) divided by
 about four, with three distinct axis lengths per subject so that a swapped axis fails loudly.
 """
 
