@@ -19,6 +19,7 @@ import typing
 from pathlib import Path
 
 from mused_fm import config
+from mused_fm.files import write_text
 
 __all__ = ["BEGIN", "END", "reference", "replace_section"]
 
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         return 0
-    path.write_text(updated)
+    write_text(path, updated)
     return 0
 
 

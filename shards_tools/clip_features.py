@@ -237,7 +237,7 @@ class ClipStore:
         buf = io.BytesIO()
         np.save(buf, self.basis.basis.astype(np.float16), allow_pickle=False)
         storage.write_bytes(storage.join(self.root, "llv_basis.npy"), buf.getvalue())
-        storage.write_bytes(storage.join(self.root, "spec.json"), json.dumps(self.spec, indent=1).encode())
+        storage.write_json(storage.join(self.root, "spec.json"), self.spec)
 
     def _save_cache(self) -> None:
         ids = sorted(self.cache)

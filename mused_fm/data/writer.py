@@ -132,7 +132,7 @@ class DatasetWriter:
                         f"has {str(value)[:120]}. Pack into a new --out, or with the same settings."
                     )
         else:
-            storage.write_bytes(info_url, (json.dumps(mine, indent=1) + "\n").encode())
+            storage.write_json(info_url, mine)
 
     def subject(self, subject_id: str, fingerprint: dict[str, Any]) -> SubjectWriter | None:
         """A writer for one subject, or None when it is already packed with the same fingerprint."""
@@ -158,7 +158,7 @@ class DatasetWriter:
             logger.warning("%s: removing %d shards of an interrupted pack with other settings", subject_id, len(stale))
             for shard in stale:
                 storage.remove(storage.join(self.out, "shards", shard))
-        storage.write_bytes(pending_url, json.dumps(fingerprint).encode())
+        storage.write_json(pending_url, fingerprint)
         return SubjectWriter(self, subject_id, fingerprint)
 
     def finish(self) -> dict:
@@ -178,7 +178,7 @@ class DatasetWriter:
             "shards": sorted(shards, key=lambda s: s["name"]),
             "tool": self.tool,
         }
-        storage.write_bytes(storage.join(self.out, MANIFEST), (json.dumps(manifest, indent=1) + "\n").encode())
+        storage.write_json(storage.join(self.out, MANIFEST), manifest)
         self._tmp.cleanup()
         return manifest
 
@@ -270,8 +270,6 @@ class SubjectWriter:
             "preproc": self._preproc,
             "shards": self._shards,
         }
-        storage.write_bytes(
-            storage.join(self.parent.out, "parts", f"{self.name}.json"), (json.dumps(part, indent=1) + "\n").encode()
-        )
+        storage.write_json(storage.join(self.parent.out, "parts", f"{self.name}.json"), part)
         storage.remove(storage.join(self.parent.out, "parts", f"{self.name}.pending.json"))
         logger.info("%s: %s samples in %d shards", self.subject_id, self._counts, len(self._shards))
