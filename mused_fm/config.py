@@ -173,8 +173,10 @@ class TrainConfig:
     """Steps between validations (mAP on every dataset's val split; the best export goes to best/)."""
     log_every: int = 10
     """Steps between records in metrics.jsonl (and progress lines)."""
-    num_workers: int = 2
-    """DataLoader workers per dataset and per rank (each holds a shuffle buffer; 0: load in the rank)."""
+    num_workers: int = -1
+    """DataLoader workers per dataset and per rank (each holds a shuffle buffer; 0: load in the rank).
+    -1: sized for the machine: the cores each rank has, less one for the rank, shared by its datasets
+    (at most 4 each)."""
 
 
 @dataclass
@@ -566,8 +568,10 @@ def _validate_common(recipe: BaseRecipe) -> list[str]:
         issues.append(f"train.lr must be > 0, got {t.lr}.")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         issues.append(f"train.betas must be two numbers in [0, 1), got {t.betas}.")
-    if t.warmup_steps < 0 or t.grad_clip < 0 or t.weight_decay < 0 or t.num_workers < 0:
-        issues.append("train.warmup_steps, train.grad_clip, train.weight_decay and train.num_workers must be >= 0.")
+    if t.warmup_steps < 0 or t.grad_clip < 0 or t.weight_decay < 0:
+        issues.append("train.warmup_steps, train.grad_clip and train.weight_decay must be >= 0.")
+    if t.num_workers < -1:
+        issues.append(f"train.num_workers must be >= 0, or -1 to size it for the machine; got {t.num_workers}.")
     if not 0.0 <= t.min_lr_ratio <= 1.0:
         issues.append(f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}.")
 

@@ -344,3 +344,16 @@ def test_a_run_whose_loss_stays_non_finite_stops_and_exports_nothing(cohort, tmp
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "the loss has been NaN or infinite for the last" in proc.stderr
     assert not (run / "export").exists() and not (run / "best").exists()
+
+
+def test_num_workers_is_per_dataset_and_rank_and_auto_fits_the_cores(monkeypatch):
+    import mused_fm.train.loop as loop
+
+    assert loop.workers_per_dataset(2, 2) == 2  # an explicit count is per dataset and per rank
+    monkeypatch.setattr(loop, "cpu_usable", lambda: 2)
+    monkeypatch.setenv("LOCAL_SIZE", "2")
+    assert loop.workers_per_dataset(-1, 2) == 0  # 2 cores, 2 ranks: each rank loads in its own process
+    monkeypatch.setattr(loop, "cpu_usable", lambda: 96)
+    monkeypatch.setenv("LOCAL_SIZE", "8")
+    assert loop.workers_per_dataset(-1, 2) == 4  # 12 cores a rank: capped at 4 per dataset
+    assert loop.workers_per_dataset(-1, 3) == 3

@@ -33,6 +33,7 @@ from mused_fm.evaluate import evaluate_streams, mean_map
 from mused_fm.files import write_json
 from mused_fm.flops import count_flops, matmul_peak_flops
 from mused_fm.losses import LossTerms
+from mused_fm.machine import cpu_usable
 from mused_fm.model import MusedModel, SubjectRegistry, build_model
 from mused_fm.train.data import open_streams, resolve_datasets
 from mused_fm.train.engine import DEEPSPEED_VERSION, Engine, init_distributed
@@ -84,6 +85,16 @@ def _flops_per_step(model: MusedModel, sizes: dict[str, int]) -> float:
             total += 3 * sizes[name] * count_flops(lambda: model(bold, rows, name))  # noqa: B023
     model.train()
     return total
+
+
+def workers_per_dataset(setting: int, n_datasets: int) -> int:
+    """train.num_workers, with -1 sized for this machine: the cores of this rank (usable cores over the
+    ranks on the host) less one for the rank itself, shared by its datasets, at most 4 each."""
+    if setting >= 0:
+        return setting
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+    per_rank = (cpu_usable() or os.cpu_count() or 1) // local_ranks
+    return max(0, min(4, (per_rank - 1) // max(n_datasets, 1)))
 
 
 class _Trainer:
@@ -145,10 +156,11 @@ class _Trainer:
 
     def loaders(self) -> dict[str, object]:
         t = self.recipe.train
+        workers = workers_per_dataset(t.num_workers, len(self.streams))
         batches = (t.max_steps - self.start) * t.grad_accum_steps
         seed = self.recipe.run.seed + 1_000_003 * self.start  # a resumed run draws a new stream
         return {
-            name: iter(train_loader(stream, "train", self.sizes[name], batches, seed, t.num_workers))
+            name: iter(train_loader(stream, "train", self.sizes[name], batches, seed, workers))
             for name, stream in self.streams.items()
         }
 
