@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     if "/" in args.site or "." in args.site or not args.site:
         raise InputError(f"--site {args.site!r}: a site name may not contain '/' or '.' (it prefixes subject ids).")
-    labels = read_labels(args.labels)
+    labels = read_labels(args.labels, args.root)
     names = sorted({c for cls, _ in labels.values() for c in cls})
     classes = [c.strip() for c in args.classes.read_text().splitlines() if c.strip()] if args.classes else names
     unknown = sorted(set(names) - set(classes))
@@ -71,8 +71,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.labels} uses classes {unknown} that --classes {args.classes} does not list.")
     runs = find_runs(args.root, [s.strip() for s in args.subjects.split(",")] if args.subjects else None)
     events = {
-        r.path: [e for e in read_events(r.events) if e["stim_file"] in labels] for rs in runs.values() for r in rs
+        r.path: [e for e in read_events(r.events, args.root) if e["stim_file"] in labels]
+        for rs in runs.values()
+        for r in rs
     }
+    shown_by = {e["stim_file"]: r for rs in runs.values() for r in rs for e in events[r.path]}
     shown = sorted({e["stim_file"] for ev in events.values() for e in ev})
     if not shown:
         raise InputError(f"no event of any *_events.tsv names a stim_file listed in {args.labels}.")
@@ -84,7 +87,11 @@ def run(args: argparse.Namespace) -> int:
     def load(stim: str) -> tuple[np.ndarray, str]:
         path = args.root / "stimuli" / stim
         if not path.exists():
-            raise MissingFileError(f"{path} is missing: events name stim_file {stim!r}, expected under stimuli/.")
+            run = shown_by[stim]
+            raise MissingFileError(
+                f"{path} is missing: {run.subject}'s {run.events.name} names stim_file {stim!r}, which must be a "
+                "file under stimuli/ (written as img.png or stimuli/img.png)."
+            )
         names_, caption = labels[stim]
         return np.asarray(Image.open(path).convert("RGB")), caption or ", ".join(names_)
 
@@ -128,10 +135,17 @@ def run(args: argparse.Namespace) -> int:
         rows = []  # (run unit, volume index, event number, stim_file)
         for r in subject_runs:
             tr = repetition_time(args.root, r.path)
+            outside = 0
             for k, e in enumerate(events[r.path]):
                 t = math.floor((float(e["onset"]) + args.delay_s) / tr + 1e-6)  # the volume acquired then
-                if t < lengths[r.unit]:
+                if 0 <= t < lengths[r.unit]:
                     rows.append((r.unit, t, k, e["stim_file"]))
+                else:  # before the first volume (BIDS allows negative onsets) or after the last
+                    outside += 1
+            if outside:
+                logger.warning(
+                    "%s: %d events fall outside the run's volumes (onset + delay), skipped", r.events, outside
+                )
         train = {u: [t for uu, t, _, s in rows if uu == u and split_of[s] == "train"] for u in lengths}
         test = {u: {t for uu, t, _, s in rows if uu == u and split_of[s] == "test"} for u in lengths}
         center_runs(series, {u: [t for t in range(n) if t not in test[u]] for u, n in lengths.items()})

@@ -282,3 +282,67 @@ def test_hcp_runs_use_the_real_phase_encoding(raw):
     for run, (name, phase) in MOVIES.items():
         folder = raw / f"hcp/100610/MNINonLinear/Results/tfMRI_MOVIE{run}_7T_{phase}"
         assert (folder / f"tfMRI_MOVIE{run}_7T_{phase}_hp2000_clean.nii.gz").exists(), name
+
+
+def _edit_events(path: Path, edit) -> None:
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(edit(lines)) + "\n")
+
+
+def test_bids_in_the_wild(raw, tmp_path, capsys, caplog):
+    """Negative onsets, root-relative stim_file, n/a onsets, one run in two formats, a missing stimulus."""
+    root = tmp_path / "site"
+    shutil.copytree(raw / "bids", root)
+    baseline = pack("pack-bids", raw, tmp_path / "base")
+    counts = {s: c["counts"] for s, c in json.loads((baseline / "manifest.json").read_text())["subjects"].items()}
+    events = {s: next((root / s / "func").glob("*_events.tsv")) for s in ("sub-01", "sub-02")}
+    # sub-01: an event before the first volume and one with onset n/a, both unplaceable
+    _edit_events(
+        events["sub-01"], lambda ls: [ls[0], "-10.0\t2.0\timage\timg001.png", *ls[1:], "n/a\t2.0\timage\timg002.png"]
+    )
+    # sub-02: stim_file written from the dataset root, as many datasets do
+    _edit_events(
+        events["sub-02"],
+        lambda ls: [ls[0], *("\t".join([*r.split("\t")[:3], "stimuli/" + r.split("\t")[3]]) for r in ls[1:])],
+    )
+    args = [
+        "--root",
+        str(root),
+        "--site",
+        "mysite",
+        "--labels",
+        str(root / "LABELS.tsv"),
+        "--clip-model",
+        str(raw / "clip"),
+        "--llv-dim",
+        "64",
+    ]
+    with caplog.at_level("WARNING"):
+        assert cli(["pack-bids", *args, "--out", str(tmp_path / "wild")]) == 0
+    wild = {
+        s: c["counts"] for s, c in json.loads((tmp_path / "wild" / "manifest.json").read_text())["subjects"].items()
+    }
+    assert wild == counts  # the extra events are skipped, the root-relative subject keeps every event
+    assert all(s.meta["volume"] >= 0 for s in samples(tmp_path / "wild"))
+    assert f"{events['sub-01']}: 1 events fall outside the run's volumes" in caplog.text
+    assert f"{events['sub-01']}: 1 events with onset n/a skipped" in caplog.text
+    # an onset that is not a number is named with its file and row
+    bad = tmp_path / "bad"
+    shutil.copytree(root, bad)
+    _edit_events(next((bad / "sub-01" / "func").glob("*_events.tsv")), lambda ls: [*ls, "soon\t2.0\timage\timg001.png"])
+    assert cli(["pack-bids", *args[:1], str(bad), *args[2:], "--out", str(tmp_path / "o1")]) == 2
+    assert "row" in (err := capsys.readouterr().err) and "onset 'soon' is not a number" in err
+    # a stimulus named by the events and LABELS.tsv but absent: the subject and the file are named
+    gone = tmp_path / "gone"
+    shutil.copytree(root, gone)
+    (gone / "stimuli" / "img001.png").unlink()
+    assert cli(["pack-bids", *args[:1], str(gone), *args[2:], "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "stimuli/img001.png is missing: sub-0" in err and "names stim_file 'img001.png'" in err
+    # the same run as .nii.gz and .nii: refused, naming both files, before anything is packed
+    twice = tmp_path / "twice"
+    shutil.copytree(root, twice)
+    run = next((twice / "sub-01" / "func").glob("*_bold.nii.gz"))
+    nib.save(nib.load(run), run.with_name(run.name.removesuffix(".gz")))
+    assert cli(["pack-bids", *args[:1], str(twice), *args[2:], "--out", str(tmp_path / "o3")]) == 2
+    assert "are the same run in two formats" in capsys.readouterr().err and not (tmp_path / "o3").exists()
