@@ -330,6 +330,8 @@ def load_recipe(
             layer_delta = yaml.load(layer.read_text(), Loader=_StrictLoader) or {}
         except RecipeError as err:
             raise RecipeError(f"{layer}: {err}") from None
+        except yaml.YAMLError as err:
+            raise RecipeError(f"{layer} is not valid YAML: {err}") from None
         if not isinstance(layer_delta, dict):
             raise RecipeError(f"{layer}: a recipe is a mapping of sections, got {type(layer_delta).__name__}.")
         _deep_update(delta, layer_delta)

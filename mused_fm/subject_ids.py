@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mused_fm.errors import InputError
+
 __all__ = ["dataset_of", "global_id", "name_of", "split_id"]
 
 
@@ -9,7 +11,7 @@ def split_id(subject_id: str) -> tuple[str, str]:
     """('nsd', 'subj01') from 'nsd/subj01'; a ValueError naming the id when it has no dataset part."""
     dataset, sep, name = subject_id.partition("/")
     if not sep or not dataset or not name:
-        raise ValueError(f"subject id {subject_id!r} is not of the form <dataset>/<name> (e.g. nsd/subj01).")
+        raise InputError(f"subject id {subject_id!r} is not of the form <dataset>/<name> (e.g. nsd/subj01).")
     return dataset, name
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mused_fm.errors import InputError, MissingFileError
+from shards_tools.volumes import damaged_file_errors
 
 __all__ = ["NsdLayout", "NsdMissingError", "betas_grid", "read_ctab", "read_session_betas"]
 
@@ -69,7 +70,14 @@ class NsdLayout:
 
         path = self._need(self.root / "nsddata/experiments/nsd/nsd_expdesign.mat", "the experiment design")
         mat = loadmat(path)
-        return {k: np.asarray(mat[k]).astype(np.int64) for k in ("masterordering", "subjectim", "sharedix")}
+        keys = ("masterordering", "subjectim", "sharedix")
+        missing = [k for k in keys if k not in mat]
+        if missing:
+            raise InputError(
+                f"{path} lacks {missing} (it has {sorted(k for k in mat if not k.startswith('__'))}); it is not the "
+                "release's nsd_expdesign.mat: download it again from nsddata/experiments/nsd/."
+            )
+        return {k: np.asarray(mat[k]).astype(np.int64) for k in keys}
 
     def stim_info(self) -> dict[int, tuple[int, str]]:
         """{nsdId: (cocoId, cocoSplit)} from nsd_stim_info_merged.csv."""
@@ -161,13 +169,14 @@ def read_session_betas(path: Path, grid: tuple[int, int, int], voxels: np.ndarra
     else:
         import nibabel as nib
 
-        image = nib.load(path)
-        if tuple(image.shape[:3]) != tuple(grid):
-            raise InputError(
-                f"{path}: betas grid {image.shape[:3]} differs from the ROI grid {tuple(grid)}; "
-                "use ROI volumes of the same space (--space) as the betas."
-            )
-        data = np.asarray(image.dataobj).reshape(-1, image.shape[3])[voxels].T
+        with damaged_file_errors(path):
+            image = nib.load(path)
+            if tuple(image.shape[:3]) != tuple(grid):
+                raise InputError(
+                    f"{path}: betas grid {image.shape[:3]} differs from the ROI grid {tuple(grid)}; "
+                    "use ROI volumes of the same space (--space) as the betas."
+                )
+            data = np.asarray(image.dataobj).reshape(-1, image.shape[3])[voxels].T
     data = data.astype(np.float32) / BETA_SCALE
     if not np.isfinite(data).all():
         raise InputError(f"{path}: NaN or infinite betas inside the ROIs; the file is damaged, download it again.")

@@ -11,13 +11,31 @@ without the test volumes (`center_runs`); the per-voxel scale comes from the tra
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from mused_fm.errors import InputError
 
-__all__ = ["center_runs", "load_masked_runs", "train_std"]
+__all__ = ["center_runs", "damaged_file_errors", "load_masked_runs", "train_std"]
+
+
+@contextmanager
+def damaged_file_errors(path: str | Path) -> Iterator[None]:
+    """Errors of reading `path` as one named error: the header of a truncated .nii.gz loads, and the data
+    then fails deep in gzip, zlib or numpy, naming no file."""
+    try:
+        yield
+    except (FileNotFoundError, InputError):
+        raise
+    except (OSError, EOFError, ValueError, zlib.error) as err:  # what nibabel, gzip and numpy raise
+        raise InputError(
+            f"{path} cannot be read ({type(err).__name__}: {str(err)[:200]}); the file is truncated or damaged: "
+            "download or copy it again."
+        ) from None
 
 
 def load_masked_runs(paths: dict, crop: tuple[slice, ...] = (slice(None),) * 3):
@@ -30,7 +48,8 @@ def load_masked_runs(paths: dict, crop: tuple[slice, ...] = (slice(None),) * 3):
 
     kept, run_masks, grid = {}, {}, None
     for run, path in paths.items():
-        data = np.asarray(nib.load(Path(path)).dataobj, dtype=np.float32)
+        with damaged_file_errors(path):
+            data = np.asarray(nib.load(Path(path)).dataobj, dtype=np.float32)
         if data.ndim != 4:
             raise InputError(f"{path}: expected a 4D run (X, Y, Z, T), got shape {data.shape}.")
         data = data[(*crop, slice(None))]

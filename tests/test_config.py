@@ -117,3 +117,10 @@ def test_command_line_lists_of_numbers_and_numeric_ids(tmp_path):
     recipe = load_recipe(path, ["data.datasets.hcp.volume_shape=24,28,26", "data.datasets.hcp.subjects=233326"])
     assert recipe.data.datasets["hcp"].volume_shape == [24, 28, 26]  # the form the trainer's errors suggest
     assert recipe.data.datasets["hcp"].subjects == ["233326"]  # an HCP id alone is a list of one string
+
+
+def test_a_yaml_syntax_error_names_the_recipe(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("train: {max_steps: 10\nmodel: {dim: 64}\n")
+    with pytest.raises(RecipeError, match=r"(?s)broken\.yaml is not valid YAML: .*line 1"):
+        load_recipe(bad)

@@ -346,3 +346,23 @@ def test_bids_in_the_wild(raw, tmp_path, capsys, caplog):
     nib.save(nib.load(run), run.with_name(run.name.removesuffix(".gz")))
     assert cli(["pack-bids", *args[:1], str(twice), *args[2:], "--out", str(tmp_path / "o3")]) == 2
     assert "are the same run in two formats" in capsys.readouterr().err and not (tmp_path / "o3").exists()
+
+
+def test_damaged_release_files_are_named(raw, tmp_path, capsys):
+    """A truncated .nii.gz and an nsd_expdesign.mat without a key: one line naming the file, exit 2."""
+    from scipy.io import loadmat, savemat
+
+    hcp = tmp_path / "hcp"
+    shutil.copytree(raw / "hcp", hcp)
+    run = next((hcp / "100610").rglob("*_hp2000_clean.nii.gz"))
+    run.write_bytes(run.read_bytes()[: run.stat().st_size // 2])
+    common = ["--clip-model", str(raw / "clip"), "--llv-dim", "64"]
+    assert cli(["pack-hcp", "--root", str(hcp), "--subjects", "100610", "--out", str(tmp_path / "o1"), *common]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {run} cannot be read (" in err and "truncated or damaged" in err and "Traceback" not in err
+    nsd = tmp_path / "nsd"
+    shutil.copytree(raw / "nsd", nsd)
+    design = nsd / "nsddata/experiments/nsd/nsd_expdesign.mat"
+    savemat(design, {k: v for k, v in loadmat(design).items() if not k.startswith("__") and k != "subjectim"})
+    assert cli(["pack-nsd", "--root", str(nsd), "--subjects", "subj01", "--out", str(tmp_path / "o2"), *common]) == 2
+    assert f"{design} lacks ['subjectim']" in capsys.readouterr().err

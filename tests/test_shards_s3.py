@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import s3fs
 
 from shards_tools.__main__ import main as cli
@@ -33,3 +34,20 @@ def test_pack_verify_inspect_on_s3(s3_bucket, capsys):
     assert list(verify(url)) == [name]
     assert cli(["verify", url]) == 1
     assert f"BAD {name}" in capsys.readouterr().out
+
+
+def test_refused_credentials_are_one_named_error(s3_bucket, monkeypatch):
+    """What S3 answers to wrong keys or a bucket policy (s3fs raises PermissionError: Forbidden)."""
+    import s3fs
+
+    from mused_fm.data.manifest import Manifest
+    from mused_fm.errors import InputError
+
+    async def refuse(self, path, *args, **kwargs):
+        raise PermissionError("Forbidden")
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_cat_file", refuse)
+    s3fs.S3FileSystem.clear_instance_cache()
+    url = f"s3://{s3_bucket}/shards/nsd"
+    with pytest.raises(InputError, match=r"access refused by the S3 server \(Forbidden\)\. Check the credentials"):
+        Manifest.read(url)

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import fsspec
 
 from mused_fm import files
+from mused_fm.errors import InputError
 
 __all__ = [
     "exists",
@@ -46,39 +49,60 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+@contextmanager
+def _access(url: str) -> Iterator[None]:
+    """A refused request (bad or missing credentials, no permission on the bucket) as one named error."""
+    try:
+        yield
+    except PermissionError as err:
+        where = "the S3 server" if is_remote(url) else "the file system"
+        hint = (
+            " Check the credentials (AWS_PROFILE or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), AWS_ENDPOINT_URL and "
+            "the bucket's policy."
+            if is_remote(url)
+            else ""
+        )
+        raise InputError(f"{url}: access refused by {where} ({str(err)[:200]}).{hint}") from None
+
+
 def exists(url: str) -> bool:
-    fs, path = filesystem(url)
-    return fs.exists(path)
+    with _access(url):
+        fs, path = filesystem(url)
+        return fs.exists(path)
 
 
 def read_bytes(url: str) -> bytes:
-    fs, path = filesystem(url)
-    return fs.cat_file(path)
+    with _access(url):
+        fs, path = filesystem(url)
+        return fs.cat_file(path)
 
 
 def open_read(url: str, block_size: int = 8 * 2**20):
     """A binary file object; remote files stream with read-ahead."""
-    fs, path = filesystem(url)
-    if is_remote(url):
-        return fs.open(path, "rb", block_size=block_size, cache_type="readahead")
-    return open(path, "rb")
+    with _access(url):
+        fs, path = filesystem(url)
+        if is_remote(url):
+            return fs.open(path, "rb", block_size=block_size, cache_type="readahead")
+        return open(path, "rb")
 
 
 def listdir(url: str) -> list[str]:
     """Names (not paths) of the entries of a folder or prefix; empty if it does not exist."""
-    fs, path = filesystem(url)
-    if not fs.exists(path):
-        return []
-    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    with _access(url):
+        fs, path = filesystem(url)
+        if not fs.exists(path):
+            return []
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
 
 
 def write_bytes(url: str, data: bytes) -> None:
     """Write a whole file atomically."""
-    if is_remote(url):
-        fs, path = filesystem(url)
-        fs.pipe_file(path, data)  # one PUT: the object appears complete or not at all
-        return
-    files.write_bytes(url.removeprefix("file://"), data)
+    with _access(url):
+        if is_remote(url):
+            fs, path = filesystem(url)
+            fs.pipe_file(path, data)  # one PUT: the object appears complete or not at all
+            return
+        files.write_bytes(url.removeprefix("file://"), data)
 
 
 def write_json(url: str, payload) -> None:
@@ -88,17 +112,19 @@ def write_json(url: str, payload) -> None:
 
 def remove(url: str) -> None:
     """Delete a file if it exists."""
-    fs, path = filesystem(url)
-    if fs.exists(path):
-        fs.rm_file(path)
+    with _access(url):
+        fs, path = filesystem(url)
+        if fs.exists(path):
+            fs.rm_file(path)
 
 
 def put_file(local_path: str | os.PathLike, url: str) -> None:
     """Move a finished local file to `url` (rename on the same disk, upload to S3), atomically."""
-    if is_remote(url):
-        fs, path = filesystem(url)
-        fs.put_file(str(local_path), path)  # multipart uploads become visible only when complete
-        os.remove(local_path)
-        return
-    with files.atomic_path(url.removeprefix("file://")) as tmp:
-        shutil.move(str(local_path), tmp)  # may cross file systems: copy to a temp name first
+    with _access(url):
+        if is_remote(url):
+            fs, path = filesystem(url)
+            fs.put_file(str(local_path), path)  # multipart uploads become visible only when complete
+            os.remove(local_path)
+            return
+        with files.atomic_path(url.removeprefix("file://")) as tmp:
+            shutil.move(str(local_path), tmp)  # may cross file systems: copy to a temp name first
