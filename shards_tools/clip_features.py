@@ -94,7 +94,10 @@ class ClipFeaturizer:
                 "written by CLIPModel.save_pretrained with its processor (the simulated cohort has RAW/clip), or a "
                 "hub id such as openai/clip-vit-base-patch16 on a machine that can download it."
             ) from None
-        self.name, self.batch_size, self.device = str(model), batch_size, torch.device(device)
+        # A local folder is named by its absolute path: the same model given relative to another working
+        # directory must not look like another model to an output that is being extended.
+        self.name = str(Path(model).resolve()) if Path(model).exists() else str(model)
+        self.batch_size, self.device = batch_size, torch.device(device)
         vision = self.model.config.vision_config
         self.llv_full_dim = ((vision.image_size // vision.patch_size) ** 2 + 1) * vision.hidden_size
         self.hlv_dim = self.model.config.projection_dim
@@ -137,6 +140,11 @@ class ClipFeaturizer:
         return torch.cat(llv).numpy(), torch.cat(hlv).numpy()
 
 
+def _same_model(stored: str, given: str) -> bool:
+    """The model an output was packed with, given now: the same id, or folders that resolve to one path."""
+    return stored == given or (Path(stored).exists() and Path(stored).resolve() == Path(given).resolve())
+
+
 class ClipStore:
     """Cached, reduced features of an output's stimuli under OUT/clip/ (spec.json, llv_basis.npy, features.npz)."""
 
@@ -151,7 +159,7 @@ class ClipStore:
         self._saved = 0
         if storage.exists(storage.join(self.root, "spec.json")):
             self.spec = json.loads(storage.read_bytes(storage.join(self.root, "spec.json")))
-            if (self.spec["model"], self.spec["llv"]["dim"]) != (featurizer.name, llv_dim):
+            if not _same_model(self.spec["model"], featurizer.name) or self.spec["llv"]["dim"] != llv_dim:
                 raise InputError(
                     f"{self.root} holds features of {self.spec['model']} with --llv-dim {self.spec['llv']['dim']}; "
                     f"this pack asks for {featurizer.name} with {llv_dim}. Use the same settings, or a new --out."

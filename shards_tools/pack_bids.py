@@ -15,6 +15,7 @@ bold grid) and --atlas-labels (a FreeSurfer .ctab), samples are per-ROI PCA toke
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mused_fm.data.schema import make_sample
-from mused_fm.data.writer import DatasetInfo, DatasetWriter
+from mused_fm.data.writer import DatasetInfo, DatasetWriter, check_settings
 from mused_fm.errors import InputError, MissingFileError
 from shards_tools.bids_files import find_runs, read_events, read_labels, repetition_time
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
@@ -95,14 +96,13 @@ def run(args: argparse.Namespace) -> int:
         names_, caption = labels[stim]
         return np.asarray(Image.open(path).convert("RGB")), caption or ", ".join(names_)
 
-    features = store.features(shown, load)
     roi_mode = args.atlas is not None
     groups = _groups(args) if roi_mode else []
     info = DatasetInfo(
         dataset=args.site,
         kind="roi" if roi_mode else "volume",
         classes=classes,
-        clip=store.spec,
+        clip={},  # the CLIP spec, once the features are computed
         llv_dim=args.llv_dim,
         hlv_dim=featurizer.hlv_dim,
         roi_dim=args.roi_dim if roi_mode else 0,
@@ -115,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
             "seed": args.seed,
         },
     )
+    check_settings(args.out, info, skip=("clip",))  # a pack that will be refused computes no features
+    features = store.features(shown, load)
+    info = dataclasses.replace(info, clip=store.spec)
     writer = DatasetWriter(args.out, info, maxcount=args.maxcount, tool="shards_tools pack-bids")
     class_index = {c: i for i, c in enumerate(classes)}
     for subject, subject_runs in runs.items():

@@ -19,13 +19,14 @@ about 22% of the float32 volume's bytes for an MNI brain.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from mused_fm.data.schema import make_sample
-from mused_fm.data.writer import DatasetInfo, DatasetWriter
+from mused_fm.data.writer import DatasetInfo, DatasetWriter, check_settings
 from mused_fm.errors import InputError
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
 from shards_tools.common_args import add_output_arguments
@@ -133,12 +134,11 @@ def run(args: argparse.Namespace) -> int:
         )
     featurizer = ClipFeaturizer(args.clip_model, args.batch_size, args.device)
     store = ClipStore(args.out, featurizer, args.llv_dim, seed=args.seed)
-    features = _features(store, resources, plans, wordnet, synsets)
     info = DatasetInfo(
         dataset="hcp",
         kind="volume",
         classes=classes,
-        clip=store.spec,
+        clip={},  # the CLIP spec, once the features are computed
         llv_dim=args.llv_dim,
         hlv_dim=featurizer.hlv_dim,
         volume_shape=list(grids.pop()),
@@ -153,6 +153,9 @@ def run(args: argparse.Namespace) -> int:
             "seed": args.seed,
         },
     )
+    check_settings(args.out, info, skip=("clip",))  # a pack that will be refused computes no features
+    features = _features(store, resources, plans, wordnet, synsets)
+    info = dataclasses.replace(info, clip=store.spec)
     writer = DatasetWriter(args.out, info, maxcount=args.maxcount, tool="shards_tools pack-hcp")
     for subject, (version, paths, plan) in plans.items():
         fingerprint = {

@@ -17,6 +17,7 @@ bold (rois, roi_dim) float16, clip_llv (--llv-dim), clip_hlv, labels (80), meta.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import logging
 from pathlib import Path
@@ -25,7 +26,7 @@ import h5py
 import numpy as np
 
 from mused_fm.data.schema import make_sample
-from mused_fm.data.writer import DatasetInfo, DatasetWriter, is_packed
+from mused_fm.data.writer import DatasetInfo, DatasetWriter, check_settings, is_packed
 from mused_fm.errors import InputError
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
 from shards_tools.common_args import add_output_arguments
@@ -100,21 +101,11 @@ def run(args: argparse.Namespace) -> int:
     todo = [s for s in subjects if not is_packed(args.out, f"nsd/{s}", fingerprints[s], args.maxcount)]
     prepared = {s: _prepare(layout, s, design, args) for s in todo}  # read and check every subject to pack
     images = sorted({int(i) for p in prepared.values() for i in p["trials"][:, 2]})
-    with h5py.File(layout.stimuli_path(), "r") as h5:
-
-        def load(stim: str) -> tuple[np.ndarray, str]:
-            nsd_id = int(stim.removeprefix("nsd"))
-            image = h5["imgBrick"][nsd_id]
-            return image, coco_captions.get(stim_info[nsd_id][0]) or [" "]  # the featurizer picks one
-
-        test_images = {f"nsd{int(t[2]):05d}" for p in prepared.values() for t in p["trials"] if t[3]}
-        features = store.features([f"nsd{i:05d}" for i in images], load, fit_exclude=test_images)
-
     info = DatasetInfo(
         dataset="nsd",
         kind="roi",
         classes=classes,
-        clip=store.spec,
+        clip={},  # the CLIP spec, once the features are computed
         llv_dim=args.llv_dim,
         hlv_dim=featurizer.hlv_dim,
         roi_dim=args.roi_dim,
@@ -130,6 +121,18 @@ def run(args: argparse.Namespace) -> int:
             "seed": args.seed,
         },
     )
+    check_settings(args.out, info, skip=("clip",))  # a pack that will be refused computes no features
+    with h5py.File(layout.stimuli_path(), "r") as h5:
+
+        def load(stim: str) -> tuple[np.ndarray, str]:
+            nsd_id = int(stim.removeprefix("nsd"))
+            image = h5["imgBrick"][nsd_id]
+            return image, coco_captions.get(stim_info[nsd_id][0]) or [" "]  # the featurizer picks one
+
+        test_images = {f"nsd{int(t[2]):05d}" for p in prepared.values() for t in p["trials"] if t[3]}
+        features = store.features([f"nsd{i:05d}" for i in images], load, fit_exclude=test_images)
+
+    info = dataclasses.replace(info, clip=store.spec)
     writer = DatasetWriter(args.out, info, maxcount=args.maxcount, tool="shards_tools pack-nsd")
     for subject, prep in prepared.items():
         sub = writer.subject(f"nsd/{subject}", fingerprints[subject])

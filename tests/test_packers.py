@@ -366,3 +366,19 @@ def test_damaged_release_files_are_named(raw, tmp_path, capsys):
     savemat(design, {k: v for k, v in loadmat(design).items() if not k.startswith("__") and k != "subjectim"})
     assert cli(["pack-nsd", "--root", str(nsd), "--subjects", "subj01", "--out", str(tmp_path / "o2"), *common]) == 2
     assert f"{design} lacks ['subjectim']" in capsys.readouterr().err
+
+
+def test_extending_an_output(raw, tmp_path, capsys, monkeypatch):
+    """The same CLIP model by a relative path is the same model; a pack that will be refused names the
+    differing setting in full and computes no CLIP features into the output first."""
+    out = tmp_path / "nsd"
+    nsd_args = ["--root", str(raw / "nsd"), "--roi-dim", "16", "--llv-dim", "64", "--out", str(out)]
+    assert cli(["pack-nsd", *nsd_args, "--subjects", "subj01", "--clip-model", str(raw / "clip")]) == 0
+    features = (out / "clip" / "features.npz").read_bytes()
+    monkeypatch.chdir(raw)  # the same model, named relative to another working directory
+    assert cli(["pack-nsd", *nsd_args, "--subjects", "subj01", "--clip-model", "clip"]) == 0
+    refused = ["pack-nsd", *nsd_args, "--subjects", "subj02", "--clip-model", "clip", "--val-fraction", "0.3"]
+    assert cli(refused) == 2
+    err = capsys.readouterr().err
+    assert "was packed with extra.val_fraction = 0.1, this pack has 0.3. Pack into a new --out" in err
+    assert (out / "clip" / "features.npz").read_bytes() == features  # subj02's images were not featurized

@@ -32,6 +32,7 @@ import logging
 import tarfile
 import tempfile
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +45,7 @@ from mused_fm.data.schema import META, SCHEMA_VERSION, SPLITS, Block, Sample, Sh
 from mused_fm.data.tarfiles import open_hashed
 from mused_fm.subject_ids import name_of
 
-__all__ = ["DatasetInfo", "DatasetWriter", "SubjectWriter", "encode_block", "is_packed"]
+__all__ = ["DatasetInfo", "DatasetWriter", "SubjectWriter", "check_settings", "encode_block", "is_packed"]
 
 logger = logging.getLogger(__name__)
 INFO = "info.json"
@@ -106,6 +107,42 @@ def _write_tar(path: Path, blocks: list[Block]) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
+def _differences(theirs: Any, mine: Any, key: str) -> list[tuple[str, Any, Any]]:
+    """(dotted key, theirs, mine) for every leaf where two settings trees differ."""
+    if isinstance(theirs, dict) and isinstance(mine, dict):
+        return [
+            d for k in dict.fromkeys([*theirs, *mine]) for d in _differences(theirs.get(k), mine.get(k), f"{key}.{k}")
+        ]
+    return [] if theirs == mine else [(key, theirs, mine)]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_settings(out_url: str, info: DatasetInfo, skip: Sequence[str] = ()) -> bool:
+    """Are `info`'s settings those an output was packed with (its info.json)? False when it has none yet.
+
+    Packers call it with skip=("clip",) before computing CLIP features, so a pack that will be refused writes
+    nothing; DatasetWriter calls it again with every key. A mismatch is a named error that names each differing
+    key in full (values shortened).
+    """
+    info_url = storage.join(str(out_url).rstrip("/"), INFO)
+    if not storage.exists(info_url):
+        return False
+    theirs = json.loads(storage.read_bytes(info_url))
+    mine = json.loads(json.dumps(dataclasses.asdict(info)))
+    diffs = [d for key in mine if key not in skip for d in _differences(theirs.get(key), mine[key], key)]
+    if diffs:
+        listed = "; ".join(f"{key} = {_short(old)}, this pack has {_short(new)}" for key, old, new in diffs[:5])
+        more = f" (and {len(diffs) - 5} more)" if len(diffs) > 5 else ""
+        raise ShardSchemaError(
+            f"{info_url}: {out_url} was packed with {listed}{more}. Pack into a new --out, or with the same settings."
+        )
+    return True
+
+
 def _digest(url: str) -> tuple[str, int]:
     """(sha256, bytes) of a file, read once."""
     with open_hashed(url) as reader:
@@ -121,18 +158,8 @@ class DatasetWriter:
         self.block_size = block_size
         self._tmp = tempfile.TemporaryDirectory(prefix="mused-shards-")
         # info.json is written before any shard, so even an interrupted pack pins the dataset's settings.
-        info_url = storage.join(self.out, INFO)
-        mine = json.loads(json.dumps(dataclasses.asdict(info)))
-        if storage.exists(info_url):
-            theirs = json.loads(storage.read_bytes(info_url))
-            for key, value in mine.items():
-                if theirs.get(key) != value:
-                    raise ShardSchemaError(
-                        f"{info_url}: {self.out} was packed with {key} = {str(theirs.get(key))[:120]}, this pack "
-                        f"has {str(value)[:120]}. Pack into a new --out, or with the same settings."
-                    )
-        else:
-            storage.write_json(info_url, mine)
+        if not check_settings(self.out, info):
+            storage.write_json(storage.join(self.out, INFO), json.loads(json.dumps(dataclasses.asdict(info))))
 
     def subject(self, subject_id: str, fingerprint: dict[str, Any]) -> SubjectWriter | None:
         """A writer for one subject, or None when it is already packed with the same fingerprint."""
