@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -357,3 +358,27 @@ def test_num_workers_is_per_dataset_and_rank_and_auto_fits_the_cores(monkeypatch
     monkeypatch.setenv("LOCAL_SIZE", "8")
     assert loop.workers_per_dataset(-1, 2) == 4  # 12 cores a rank: capped at 4 per dataset
     assert loop.workers_per_dataset(-1, 3) == 3
+
+
+def test_damaged_validation_and_test_shards_are_skipped_and_counted(cohort, tmp_path):
+    """Training validates past a torn val shard, and launch/evaluate.py scores past a torn test shard."""
+    shards = tmp_path / "nsd"
+    shutil.copytree(cohort["nsd"], shards)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    torn = {}
+    for split in ("val", "test"):
+        shard = next(s for s in manifest["shards"] if s["split"] == split and s["subject"] == "nsd/subj01")
+        path = shards / shard["name"]
+        path.write_bytes(path.read_bytes()[:700])
+        torn[split] = shard
+    run = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "r.yaml", cohort, run, urls={"nsd": str(shards)})
+    proc = one_process_run(recipe)
+    assert_ok(proc)
+    assert f"{torn['val']['name']}: {torn['val']['count']} of its" in proc.stderr
+    out = tmp_path / "eval.json"
+    evaluate = [sys.executable, str(ROOT / "launch" / "evaluate.py"), "--checkpoint", str(run), "--shards", str(shards)]
+    proc = subprocess.run([*evaluate, "--json", str(out)], cwd=ROOT, env=child_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text())["datasets"]["nsd"]["n_skipped"] == torn["test"]["count"]
+    assert torn["test"]["name"] in proc.stderr
