@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from train_helpers import ROOT, child_env, deepspeed_run, pack_cohort, write_recipe
+from train_helpers import ROOT, deepspeed_run, pack_cohort, run_launcher, write_recipe
 
 pytestmark = pytest.mark.slow
 ADAPT = ROOT / "launch" / "adapt_subject.py"
@@ -31,22 +30,13 @@ def base(tmp_path_factory) -> dict[str, Path]:
     cohort = pack_cohort(tmp)
     run = tmp / "run"
     recipe = write_recipe(tmp / "r.yaml", cohort, run, train={"max_steps": 20, "eval_every": 20, "save_every": 20})
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "launch" / "train.py"), str(recipe)],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_launcher("train", str(recipe), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {**cohort, "export": run / "export"}
 
 
 def adapt(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ADAPT), *args], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout
-    )
+    return run_launcher("adapt_subject", *args, timeout=timeout)
 
 
 def assert_only_new_row_changed(base_export: Path, adapted_export: Path, n_new: int = 1) -> None:
@@ -86,22 +76,8 @@ def test_token_only_adaptation_changes_nothing_else(base, tmp_path):
     )
     assert set(json.loads((out / "eval.json").read_text())["subjects"]) == {"nsd/subj04"}
     # launch/evaluate.py scores the adapted subject like any other
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "launch" / "evaluate.py"),
-            "--checkpoint",
-            str(out / "export"),
-            "--shards",
-            str(base["nsd"]),
-            "--json",
-            str(tmp_path / "e.json"),
-        ],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = run_launcher(
+        "evaluate", "--checkpoint", out / "export", "--shards", base["nsd"], "--json", tmp_path / "e.json", timeout=120
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "nsd/subj04" in json.loads((tmp_path / "e.json").read_text())["subjects"]

@@ -15,7 +15,7 @@ import pytest
 from mused_fm.entry import run_entry
 from mused_fm.errors import RecipeError
 
-from train_helpers import ROOT, child_env, free_port
+from train_helpers import ROOT, child_env, free_port, run_launcher
 
 WORKER = ROOT / "tests" / "failing_rank_worker.py"
 
@@ -23,14 +23,7 @@ WORKER = ROOT / "tests" / "failing_rank_worker.py"
 def test_a_named_error_is_one_line_and_exit_2(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: {dpeth: 3}\n")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "launch" / "train.py"), str(recipe)],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_launcher("train", str(recipe), timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: {recipe}: unknown key 'model.dpeth'. Did you mean 'model.depth'?"

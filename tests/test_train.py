@@ -25,7 +25,7 @@ from mused_fm.config import load_recipe
 from mused_fm.data import storage
 from mused_fm.model import MusedModel, build_model
 
-from train_helpers import ROOT, child_env, deepspeed_run, free_port, metrics, pack_cohort, write_recipe
+from train_helpers import ROOT, child_env, deepspeed_run, free_port, metrics, pack_cohort, run_launcher, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -220,28 +220,14 @@ def test_corrupt_shard_is_skipped_and_named(cohort, tmp_path):
     recipe = write_recipe(
         tmp_path / "r.yaml", cohort, run, urls={"nsd": str(shards)}, train={"max_steps": 12, "eval_every": 100}
     )
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "launch" / "train.py"), str(recipe)],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_launcher("train", str(recipe), timeout=300)
     assert_ok(proc)
     assert bad.split("/")[-1] in proc.stderr
     assert sum(r.get("skipped_records", 0) for r in metrics(run)) >= 1
 
 
 def test_flagship_recipe_without_urls_is_a_clear_error():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "launch" / "train.py"), str(ROOT / "recipes" / "nsd_hcp.yaml")],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_launcher("train", str(ROOT / "recipes" / "nsd_hcp.yaml"), timeout=120)
     assert proc.returncode == 2
     assert "data.datasets.nsd.url is empty" in proc.stderr
     assert "shards_tools pack-nsd" in proc.stderr
@@ -259,14 +245,7 @@ def test_resuming_with_other_subjects_is_an_error_naming_them(tmp_path):
 
 
 def one_process_run(recipe: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "launch" / "train.py"), str(recipe), *overrides],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_launcher("train", recipe, *overrides, timeout=timeout)
 
 
 def test_resume_skips_unfinished_and_damaged_checkpoints(cohort, tmp_path):
@@ -377,8 +356,7 @@ def test_damaged_validation_and_test_shards_are_skipped_and_counted(cohort, tmp_
     assert_ok(proc)
     assert f"{torn['val']['name']}: {torn['val']['count']} of its" in proc.stderr
     out = tmp_path / "eval.json"
-    evaluate = [sys.executable, str(ROOT / "launch" / "evaluate.py"), "--checkpoint", str(run), "--shards", str(shards)]
-    proc = subprocess.run([*evaluate, "--json", str(out)], cwd=ROOT, env=child_env(), capture_output=True, text=True)
+    proc = run_launcher("evaluate", "--checkpoint", run, "--shards", shards, "--json", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(out.read_text())["datasets"]["nsd"]["n_skipped"] == torn["test"]["count"]
     assert torn["test"]["name"] in proc.stderr

@@ -93,6 +93,12 @@ def write_recipe(
     return path
 
 
+def run_launcher(name: str, *args: str | Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python launch/NAME.py ARGS` in one process, output captured; a hang fails after `timeout` s."""
+    command = [sys.executable, str(ROOT / "launch" / f"{name}.py"), *map(str, args)]
+    return subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
