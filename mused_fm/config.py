@@ -117,7 +117,8 @@ class DatasetConfig:
 @dataclass
 class DataConfig:
     datasets: dict[str, DatasetConfig] = field(default_factory=dict)
-    """Datasets by name (nsd, hcp, a BIDS site name); the name prefixes the global subject ids."""
+    """Datasets by name (nsd, hcp, a BIDS site name); the name prefixes the global subject ids and may
+    not contain '/' or '.'."""
 
 
 @dataclass
@@ -137,7 +138,8 @@ class LossConfig:
     rsa_scope: Literal["local", "global"] = "local"
     """local: similarity matrices per rank (the paper's B); global: over the gathered global batch."""
     weights: dict[str, LossWeights] = field(default_factory=dict)
-    """Per-dataset lambdas; a dataset not listed gets LossWeights() (the paper's NSD values)."""
+    """The lambdas of the paper's eq. 16 by dataset name; a dataset not listed gets the defaults (the
+    paper's NSD values)."""
 
     def for_dataset(self, name: str) -> LossWeights:
         return self.weights.get(name, LossWeights())
@@ -242,6 +244,8 @@ _DERIVED_DEEPSPEED_KEYS = {
 }
 
 
+# The ZeRO stage of a recipe that sets none: the `deepspeed` field's default (and recipe.zero_stage's, for a
+# BaseRecipe built in code with another deepspeed dict); the DeepSpeed engine asks recipe.zero_stage.
 _DEFAULT_ZERO_STAGE = 2
 
 
@@ -250,19 +254,23 @@ class BaseRecipe:
     """What every run has: its name and seed, the loss, the optimisation, DeepSpeed and logging."""
 
     run: RunConfig = field(default_factory=RunConfig)
+    """Name, output directory and seed of the run."""
     loss: LossConfig = field(default_factory=LossConfig)
+    """The CLIP-MUSED objective: multi-label BCE plus the RSA and orthogonality terms, weighted per dataset."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation: batch, steps, optimizer and schedule, precision, intervals, data loading. In an
+    adaptation recipe, those of the fine-tuning."""
     deepspeed: dict[str, Any] = field(default_factory=lambda: {"zero_optimization": {"stage": _DEFAULT_ZERO_STAGE}})
     """Pass-through DeepSpeed keys (ZeRO stage, offload, ...). Batch, optimizer and precision keys
     are derived from train.* and refused here."""
     log: LogConfig = field(default_factory=LogConfig)
+    """Logging besides metrics.jsonl."""
 
     @property
     def zero_stage(self) -> int:
-        """deepspeed.zero_optimization.stage (2 unless the recipe says otherwise)."""
-        zero = self.deepspeed.get("zero_optimization", {})
-        stage = zero.get("stage", _DEFAULT_ZERO_STAGE) if isinstance(zero, dict) else zero
-        return stage
+        """deepspeed.zero_optimization.stage: as the recipe sets it, else the `deepspeed` field's default."""
+        zero = self.deepspeed.get("zero_optimization")
+        return zero.get("stage", _DEFAULT_ZERO_STAGE) if isinstance(zero, Mapping) else _DEFAULT_ZERO_STAGE
 
 
 @dataclass
@@ -270,7 +278,9 @@ class Recipe(BaseRecipe):
     """A training run: a model and its datasets (launch/train.py)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The architecture (an adaptation recipe takes it from its checkpoint)."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The datasets to train on."""
 
     def subject_ids(self) -> list[str]:
         """Global subject ids listed by the recipe, dataset by dataset ('nsd/subj01', ...)."""
@@ -282,6 +292,8 @@ class AdaptRecipe(BaseRecipe):
     """New subjects added to a trained model (launch/adapt_subject.py): the model comes from adapt.checkpoint."""
 
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    """The trained model (architecture and datasets come from its export), the new subjects and what to
+    fit to them; the flags of launch/adapt_subject.py set these keys."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,6 +592,9 @@ def _validate_common(recipe: BaseRecipe) -> list[str]:
     for key, owner in _DERIVED_DEEPSPEED_KEYS.items():
         if key in recipe.deepspeed:
             issues.append(f"deepspeed.{key} is derived from {owner}; remove it from the recipe.")
+    zero = recipe.deepspeed.get("zero_optimization", {})
+    if not isinstance(zero, Mapping):
+        issues.append(f"deepspeed.zero_optimization must be a mapping (e.g. {{stage: 3}}), got {zero!r}.")
     stage = recipe.zero_stage
     if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
         issues.append(f"deepspeed.zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}.")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mused_fm.config import Recipe, RecipeError, load_recipe, recipe_from_dict, save_recipe
+from mused_fm import errors
+from mused_fm.config import AdaptConfig, AdaptRecipe, Recipe, RecipeError, load_recipe, recipe_from_dict, save_recipe
 
 BASE = {"data": {"datasets": {"nsd": {"url": "/shards/nsd"}}}}
 
@@ -124,3 +125,37 @@ def test_a_yaml_syntax_error_names_the_recipe(tmp_path):
     bad.write_text("train: {max_steps: 10\nmodel: {dim: 64}\n")
     with pytest.raises(RecipeError, match=r"(?s)broken\.yaml is not valid YAML: .*line 1"):
         load_recipe(bad)
+
+
+def test_recipe_error_is_the_named_error():
+    assert RecipeError is errors.RecipeError and issubclass(RecipeError, errors.MusedError)
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("adapt.methods=scratch,full", r"adapt\.methods must list tokens"),
+        ("adapt.methods=tokens,tokens", r"adapt\.methods must list tokens .*each method once"),
+        ("adapt.methods=[]", r"adapt\.methods must list tokens"),
+        ("adapt.methods=tokens,lora", r"adapt\.methods: expected one of 'tokens', 'scratch', 'full', got 'lora'"),
+        ("adapt.fractions=1.5", r"adapt\.fractions must be distinct numbers in \(0, 1\].*got \[1\.5\]"),
+        ("adapt.fractions=0", r"adapt\.fractions must be distinct numbers in \(0, 1\]"),
+        ("adapt.fractions=[]", r"adapt\.fractions must be distinct numbers in \(0, 1\], at least one"),
+        ("adapt.fractions=0.5,0.5", r"adapt\.fractions must be distinct"),
+        ("adapt.fractions=half", r"adapt\.fractions: expected a number, got 'half'"),
+        ("adapt.patience=0", r"adapt\.patience must be >= 1"),
+    ],
+)
+def test_bad_adaptation_keys_are_named(override, pattern):
+    with pytest.raises(RecipeError, match=pattern):
+        recipe_from_dict({}, [override], kind=AdaptRecipe)
+
+
+def test_an_adaptation_recipe_needs_no_datasets_and_a_training_recipe_no_adapt():
+    recipe = recipe_from_dict({}, ["adapt.fractions=0.25", "adapt.methods=tokens,full"], kind=AdaptRecipe)
+    assert recipe.adapt.fractions == [0.25] and recipe.adapt.methods == ["tokens", "full"]
+    assert AdaptConfig().fractions == [1.0] and AdaptConfig().methods == ["tokens"]
+    with pytest.raises(RecipeError, match=r"unknown key 'adapt'"):
+        recipe_from_dict(BASE, ["adapt.fractions=0.5"])
+    with pytest.raises(RecipeError, match=r"unknown key 'data'"):
+        recipe_from_dict(BASE, kind=AdaptRecipe)

@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mused_fm.config import AdaptRecipe, LossWeights, Recipe, RecipeError, load_recipe, recipe_to_dict, save_recipe
+from mused_fm.config import (
+    AdaptRecipe,
+    BaseRecipe,
+    LossWeights,
+    Recipe,
+    RecipeError,
+    load_recipe,
+    recipe_to_dict,
+    save_recipe,
+)
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 ADAPTATION = {"new_subject"}  # AdaptRecipe files; the others are training recipes
@@ -77,7 +86,7 @@ def test_layers_apply_in_order_and_null_drops_a_dataset():
     assert set(recipe.data.datasets) == {"nsd"} and recipe.data.datasets["nsd"].subjects == ["subj03"]
     assert recipe.train.max_steps == 300 and recipe.model.dim == load_recipe(demo).model.dim
     assert load_recipe([ss, demo]).train.max_steps == load_recipe(demo).train.max_steps  # the later layer wins
-    with pytest.raises(ValueError, match=r"nope\.yaml"):
+    with pytest.raises(RecipeError, match=r"nope\.yaml"):
         load_recipe([demo, RECIPES[0].parent / "nope.yaml"])
 
 
@@ -156,3 +165,18 @@ def test_the_zero_stage_has_one_default():
     )
     assert load_recipe(RECIPES[0].parent / "demo.yaml", ["deepspeed.zero_optimization.stage=3"]).zero_stage == 3
     assert load_recipe(RECIPES[0].parent / "demo.yaml", ["deepspeed.zero_optimization={}"]).zero_stage == 2
+    assert AdaptRecipe().zero_stage == Recipe().zero_stage == BaseRecipe().deepspeed["zero_optimization"]["stage"]
+    with pytest.raises(RecipeError, match=r"deepspeed\.zero_optimization must be a mapping"):
+        load_recipe(RECIPES[0].parent / "demo.yaml", ["deepspeed.zero_optimization=3"])
+    with pytest.raises(RecipeError, match=r"deepspeed\.zero_optimization\.stage must be 0, 1, 2 or 3, got 4"):
+        load_recipe(RECIPES[0].parent / "new_subject.yaml", ["deepspeed.zero_optimization.stage=4"], kind=AdaptRecipe)
+
+
+def test_an_adaptation_recipe_saves_and_reloads_without_model_or_data(tmp_path):
+    recipe = load_recipe(RECIPES[0].parent / "new_subject.yaml", ["adapt.fractions=0.1,1.0"], kind=AdaptRecipe)
+    save_recipe(recipe, tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["adapt"]["fractions"] == [0.1, 1.0] and not {"model", "data"} & set(saved)
+    assert load_recipe(tmp_path / "config.yaml", kind=AdaptRecipe) == recipe
+    with pytest.raises(RecipeError, match=r"unknown key 'model'"):
+        load_recipe(RECIPES[0].parent / "new_subject.yaml", ["model.depth=2"], kind=AdaptRecipe)

@@ -6,6 +6,7 @@ The whole report on a real demo directory is checked by tests/test_demo.py.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,3 +74,16 @@ def test_inputs_of_a_demo_directory(tmp_path):
     assert set(inputs.variants["ss_vit"]["subjects"]) == {"nsd/s1", "hcp/a"}
     assert inputs.missing_variants == [str(tmp_path / "compare/ms_emb")]
     assert find_inputs(run).run == run  # a run directory itself
+
+
+def test_a_run_from_before_the_recipe_split_still_loads(tmp_path):
+    """Training config.yaml files written before AdaptRecipe existed carry an `adapt:` block of defaults."""
+    import yaml
+
+    from mused_fm.config import load_recipe, recipe_to_dict
+    from mused_fm.report import _run_recipe
+
+    demo = load_recipe(Path(__file__).parents[1] / "recipes" / "demo.yaml")
+    old = {**recipe_to_dict(demo), "adapt": {"checkpoint": "", "fraction": 1.0, "fractions": []}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert _run_recipe(tmp_path / "config.yaml") == demo

@@ -15,8 +15,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from mused_fm.config import load_recipe
+from mused_fm.config import Recipe, recipe_from_dict
 from mused_fm.data.pipeline import DatasetStream
 from mused_fm.evaluate import evaluate_streams, open_for_model
 from mused_fm.files import json_safe, write_json, write_text
@@ -27,6 +28,14 @@ from mused_fm.report.inputs import ABLATIONS, BASELINES, ReportInputs, find_inpu
 __all__ = ["write_report"]
 
 logger = logging.getLogger(__name__)
+
+
+def _run_recipe(path: Path) -> Recipe:
+    """A run's resolved recipe. Runs written before adaptation had a recipe type of its own saved an `adapt:`
+    block in every training config.yaml; it held only defaults and is dropped."""
+    tree = yaml.safe_load(path.read_text()) or {}
+    tree.pop("adapt", None)
+    return recipe_from_dict(tree, source=str(path))
 
 
 def _streams(recipe, model, shard_urls: list[str], notes: list[str]) -> dict[str, DatasetStream]:
@@ -93,7 +102,7 @@ def write_report(root: str | Path, shards: list[str] = (), attention_samples: in
         json.loads((inputs.run / "run_info.json").read_text()) if (inputs.run / "run_info.json").is_file() else {}
     )
     notes: list[str] = []
-    recipe = load_recipe(inputs.run / "config.yaml")
+    recipe = _run_recipe(inputs.run / "config.yaml")
     streams = _streams(recipe, model, list(shards), notes)
     main = inputs.eval
     if main is None and streams:
