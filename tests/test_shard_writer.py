@@ -208,3 +208,13 @@ def test_verify_reports_instead_of_crashing(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ShardSchemaError, match=r"manifest\.json is not valid JSON"):
         verify(str(tmp_path))
+
+
+def test_all_finite_agrees_with_numpy_on_every_float16_bit_pattern():
+    from mused_fm.data.schema import all_finite
+
+    every = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    expected = np.isfinite(every)
+    assert [all_finite(every[i : i + 1]) for i in range(0, 2**16, 97)] == expected[::97].tolist()
+    assert all_finite(every[expected]) and not all_finite(every[~expected][:1])
+    assert all_finite(np.ones(3, np.float32)) and not all_finite(np.array([1.0, np.nan], np.float32))

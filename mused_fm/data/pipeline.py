@@ -37,6 +37,7 @@ import webdataset as wds
 import mused_fm.data.s3  # noqa: F401  (registers the s3:// opener in this process and in workers)
 from mused_fm.data import storage
 from mused_fm.data.manifest import Manifest
+from mused_fm.data.schema import all_finite
 from mused_fm.data.tarfiles import decode_block, iter_raw_records
 from mused_fm.errors import ShardSchemaError, UnknownSubjectError
 from mused_fm.subject_ids import global_id
@@ -160,7 +161,7 @@ class DatasetStream:
         """A decoded block as arrays (bold unmasked for volume datasets) with token rows per sample."""
         block = decode_block(record["__key__"], {k: v for k, v in record.items() if not k.startswith("__")})
         for member, values in (("bold", block.bold), ("clip_llv", block.clip_llv), ("clip_hlv", block.clip_hlv)):
-            if not np.isfinite(values).all():  # a faulty writer upstream: one vectorised pass per block
+            if not all_finite(values):  # a faulty writer upstream: one vectorised pass per block
                 raise ShardSchemaError(f"record {block.key!r}: {member}.npy holds NaN or infinite values.")
         subject = block.metas[0]["subject"]
         if subject not in self.rows:
