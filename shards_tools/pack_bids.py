@@ -25,6 +25,7 @@ import numpy as np
 from mused_fm.data.schema import make_sample
 from mused_fm.data.writer import DatasetInfo, DatasetWriter, check_settings
 from mused_fm.errors import InputError, MissingFileError
+from mused_fm.subject_ids import global_id
 from shards_tools.bids_files import find_runs, read_events, read_labels, repetition_time
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
 from shards_tools.common_args import add_output_arguments
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     writer = DatasetWriter(args.out, info, maxcount=args.maxcount, tool="shards_tools pack-bids")
     class_index = {c: i for i, c in enumerate(classes)}
     for subject, subject_runs in runs.items():
-        subject_id = f"{args.site}/{subject}"
+        subject_id = global_id(args.site, subject)
         fingerprint = {
             "runs": [r.unit for r in subject_runs],
             "delay_s": args.delay_s,

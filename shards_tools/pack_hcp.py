@@ -28,6 +28,7 @@ import numpy as np
 from mused_fm.data.schema import make_sample
 from mused_fm.data.writer import DatasetInfo, DatasetWriter, check_settings
 from mused_fm.errors import InputError
+from mused_fm.subject_ids import global_id
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
 from shards_tools.common_args import add_output_arguments
 from shards_tools.hcp_files import MOVIES, HcpResources, read_frames, run_path
@@ -166,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
             "val_fraction": args.val_fraction,
             "seed": args.seed,
         }
-        sub = writer.subject(f"hcp/{subject}", fingerprint)
+        subject_id = global_id("hcp", subject)
+        sub = writer.subject(subject_id, fingerprint)
         if sub is None:
             continue
         volumes, mask = load_masked_runs(paths, crop)
@@ -181,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
                     llv, hlv = features[f"hcp-{version}-{r}-{second:04d}"]
                     stimulus = f"{MOVIES[r][0]}-{version}-t{second:04d}"
                     labels = wordnet[r][second, keep].astype(np.uint8)
-                    sub.add(make_sample(f"hcp/{subject}", f"run{r}", second, stimulus, split, bold, llv, hlv, labels))
+                    sub.add(make_sample(subject_id, f"run{r}", second, stimulus, split, bold, llv, hlv, labels))
     manifest = writer.finish()
     print(
         f"{args.out}: {sum(s['count'] for s in manifest['shards'])} samples of {len(manifest['subjects'])} HCP "

@@ -28,6 +28,7 @@ import numpy as np
 from mused_fm.data.schema import make_sample
 from mused_fm.data.writer import DatasetInfo, DatasetWriter, check_settings, is_packed
 from mused_fm.errors import InputError
+from mused_fm.subject_ids import global_id
 from shards_tools.clip_features import ClipFeaturizer, ClipStore
 from shards_tools.common_args import add_output_arguments
 from shards_tools.nsd_files import NsdLayout, betas_grid, read_session_betas
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Settings first (a folder listing and the atlas table): subjects already packed with them are not read.
     fingerprints = {s: _fingerprint(layout, s, args) for s in subjects}
-    todo = [s for s in subjects if not is_packed(args.out, f"nsd/{s}", fingerprints[s], args.maxcount)]
+    todo = [s for s in subjects if not is_packed(args.out, global_id("nsd", s), fingerprints[s], args.maxcount)]
     prepared = {s: _prepare(layout, s, design, args) for s in todo}  # read and check every subject to pack
     images = sorted({int(i) for p in prepared.values() for i in p["trials"][:, 2]})
     info = DatasetInfo(
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     info = dataclasses.replace(info, clip=store.spec)
     writer = DatasetWriter(args.out, info, maxcount=args.maxcount, tool="shards_tools pack-nsd")
     for subject, prep in prepared.items():
-        sub = writer.subject(f"nsd/{subject}", fingerprints[subject])
+        sub = writer.subject(global_id("nsd", subject), fingerprints[subject])
         _write_subject(sub, prep, features, coco_labels, stim_info, len(classes), args)
     manifest = writer.finish()
     total = sum(s["count"] for s in manifest["shards"])

@@ -88,10 +88,9 @@ def verify(url: str) -> dict[str, list[str]]:
             bad[shard["name"]] = problems
     listed = {s["name"] for s in manifest.shards()}
     for name in storage.listdir(storage.join(url, "shards")):
-        if name.startswith(TEMPORARY_PREFIX) or (
-            name.startswith(".") and name.endswith(".tmp")
-        ):  # and older versions' names
-            continue  # a temporary file of an interrupted local write, never read by anything
+        # A temporary file of an interrupted local write (older versions named them .NAME.tmp): never read.
+        if name.startswith(TEMPORARY_PREFIX) or (name.startswith(".") and name.endswith(".tmp")):
+            continue
         if f"shards/{name}" not in listed:
             bad[f"shards/{name}"] = ["not in the manifest (left by another pack, or copied in by hand)"]
     return bad

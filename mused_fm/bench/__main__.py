@@ -14,6 +14,7 @@ import sys
 from mused_fm.bench.common import environment
 from mused_fm.bench.doc import BENCHMARKS, update_doc
 from mused_fm.data.storage import write_json
+from mused_fm.errors import MusedError
 from mused_fm.log import init_logging
 
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.bench == "doc":
         try:
             changed = update_doc(args.doc, args.json_dir)
-        except (OSError, ValueError) as exc:
+        except (OSError, MusedError) as exc:  # a bug (any other error) keeps its traceback
             raise SystemExit(f"python -m mused_fm.bench doc: {exc}") from exc
         print(
             f"{args.doc}: {'rewrote' if changed else 'already up to date with'} the sections of "

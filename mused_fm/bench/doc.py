@@ -28,6 +28,7 @@ from types import ModuleType
 
 from mused_fm.bench import loader, model, pack
 from mused_fm.data import storage
+from mused_fm.errors import InputError, MissingFileError
 
 __all__ = ["BENCHMARKS", "MarkerError", "render_section", "update_doc", "update_text"]
 
@@ -40,7 +41,7 @@ _MARKER = re.compile(r"^<!-- bench:([^:\s]+):(begin|end) -->\r?$", re.MULTILINE)
 _LOOKS_LIKE_MARKER = re.compile(r"^[ \t]*<!--\s*bench\s*:.*$", re.MULTILINE | re.IGNORECASE)
 
 
-class MarkerError(ValueError):
+class MarkerError(InputError):
     """The doc's bench markers are missing, repeated, out of order or malformed."""
 
 
@@ -211,14 +212,14 @@ def _display(path: Path) -> str:
 
 def _load(name: str, path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path}: no such file; the {name} section of the doc is rendered from it. Run "
             f"`python -m mused_fm.bench {name} --json {path}` (or `make bench`) first."
         )
     try:
         return json.loads(path.read_text())
     except ValueError as exc:
-        raise ValueError(
+        raise InputError(
             f"{path}: not valid JSON ({exc}); rerun `python -m mused_fm.bench {name} --json {path}`."
         ) from exc
 
@@ -237,7 +238,7 @@ def update_doc(doc: str | os.PathLike, json_dir: str | os.PathLike) -> bool:
         try:
             rendered[name] = render_section(name, result, _display(path))
         except KeyError as exc:
-            raise ValueError(
+            raise InputError(
                 f"{path}: no {exc.args[0]!r}, which the {name} report prints; the JSON is from an older or partial "
                 f"run. Rerun `python -m mused_fm.bench {name} --json {path}`."
             ) from exc

@@ -28,6 +28,7 @@ from mused_fm.flops import count_flops, matmul_peak_flops
 from mused_fm.losses import clip_mused_loss
 from mused_fm.machine import device_info
 from mused_fm.model import build_model
+from mused_fm.subject_ids import global_id
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> dict:
     B, weights = args.batch, recipe.loss.for_dataset("nsd")
 
     bold = torch.randn(B, 10, 268, device=device)
-    rows = model.subject_rows([f"nsd/{NSD_SUBJECTS[i % 8]}" for i in range(B)]).to(device)
+    rows = model.subject_rows([global_id("nsd", NSD_SUBJECTS[i % 8]) for i in range(B)]).to(device)
     labels = (torch.rand(B, 80, device=device) < 0.1).to(torch.uint8)
     clip_llv, clip_hlv = torch.randn(B, 1024, device=device), torch.randn(B, 512, device=device)
     embeds = torch.randn(B, 12, args.dim, device=device)  # 10 ROI + 2 subject tokens

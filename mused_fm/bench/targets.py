@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from mused_fm.errors import InputError
+
 __all__ = ["Target", "format_number"]
 
 
@@ -37,7 +39,7 @@ class Target:
                 return None
             node = node[part]
         if isinstance(node, bool) or not isinstance(node, int | float):
-            raise ValueError(f"target {self.key!r}: expected a number in the benchmark's JSON, got {node!r}.")
+            raise InputError(f"target {self.key!r}: expected a number in the benchmark's JSON, got {node!r}.")
         return float(node)
 
     def met(self, result: dict) -> bool | None:
