@@ -10,7 +10,6 @@ the packers' own overhead (preprocessing, CLIP features, encoding, hashing) show
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mused_fm.bench.targets import Target
+from mused_fm.data.manifest import Manifest
 
 NSD_SUBJECTS = ("subj01", "subj02", "subj03", "subj04", "subj05")
 TARGETS = (Target("nsd.bytes_per_sample", "<=", 32_000, "bytes of an NSD sample at the paper's shape: 32 KB"),)
@@ -97,16 +97,17 @@ def run(args: argparse.Namespace) -> dict:
             seconds = time.perf_counter() - start
             if code:
                 raise RuntimeError(f"{name}: the packer exited with {code}")
-            manifest = json.loads((out / "manifest.json").read_text())
-            samples = sum(s["count"] for s in manifest["shards"])
+            manifest = Manifest.read(str(out))
+            shards = manifest.shards()
+            samples = sum(s["count"] for s in shards)
             result[name] = {
                 "samples": samples,
                 "pack_s": seconds,
                 "samples_per_s": samples / seconds,
-                "bytes_per_sample": sum(s["bytes"] for s in manifest["shards"]) / samples,
+                "bytes_per_sample": sum(s["bytes"] for s in shards) / samples,
                 "read_inputs_s": read[name],
                 "overhead_share": 1 - read[name] / seconds,
-                "llv_fidelity_r": manifest["info"]["clip"]["llv"]["fidelity_r"],
+                "llv_fidelity_r": manifest.info["clip"]["llv"]["fidelity_r"],
             }
     return result
 

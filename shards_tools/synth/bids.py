@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mused_fm.files import atomic_path, write_json
+from mused_fm.files import write_bytes, write_json
 from shards_tools.synth import brain as B
 from shards_tools.synth import stimuli
 from shards_tools.synth.files import rng_for, save_nifti, write_text
@@ -40,8 +40,7 @@ def _png(path: Path, image: np.ndarray) -> None:
 
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+    write_bytes(path, buf.getvalue())
 
 
 def write_bids(root: Path, p: BidsPreset, seed: int) -> tuple[dict, list[str]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mused_fm.files import atomic_path
+from mused_fm.files import atomic_path, write_bytes
 
 __all__ = ["rng_for", "save_mat", "save_nifti", "write_text"]
 
@@ -30,8 +30,7 @@ def rng_for(seed: int, *keys: str | int) -> np.random.Generator:
 
 def write_text(path: str | Path, text: str, newline: str = "\n") -> None:
     """Write `text` with `\\n` translated to `newline` (CSV files of the HCP release use CR or CRLF)."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(text.replace("\n", newline).encode())
+    write_bytes(path, text.replace("\n", newline).encode())
 
 
 def save_nifti(path: str | Path, data: np.ndarray, zooms: tuple[float, ...], affine: np.ndarray) -> None:
