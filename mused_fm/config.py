@@ -431,7 +431,7 @@ def _merge(obj: Any, delta: Any, prefix: str, problems: list[str], from_cli: boo
         else:
             try:
                 setattr(obj, key, _coerce(value, tp, from_cli))
-            except (TypeError, ValueError) as err:
+            except RecipeError as err:
                 problems.append(f"{dotted}: {err}")
 
 
@@ -455,7 +455,7 @@ def _coerce(value: Any, tp: Any, from_cli: bool) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
         if value not in args:
-            raise ValueError(f"expected one of {', '.join(map(repr, args))}, got {value!r}.")
+            raise RecipeError(f"expected one of {', '.join(map(repr, args))}, got {value!r}.")
         return value
     if origin in (types.UnionType, typing.Union):
         if value is None and type(None) in args:
@@ -464,39 +464,39 @@ def _coerce(value: Any, tp: Any, from_cli: bool) -> Any:
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, arg, from_cli)
-            except (TypeError, ValueError) as err:
+            except RecipeError as err:
                 errors.append(str(err))
-        raise ValueError(" / ".join(errors))
+        raise RecipeError(" / ".join(errors))
     if origin is list:
         if not isinstance(value, list | tuple):
             if from_cli and isinstance(value, str | int | float) and not isinstance(value, bool):
                 # subjects=subj01,subj02, volume_shape=24,28,24 or subjects=233326 on the command line
                 value = [yaml.safe_load(v) for v in str(value).split(",") if v.strip()]
             else:
-                raise ValueError(f"expected a list, got {value!r}.")
+                raise RecipeError(f"expected a list, got {value!r}.")
         return [_coerce(v, args[0], from_cli) for v in value]
     if tp is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"expected true or false, got {value!r}.")
+            raise RecipeError(f"expected true or false, got {value!r}.")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {value!r}.")
+            raise RecipeError(f"expected an integer, got {value!r}.")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
             try:
                 value = float(value)
             except ValueError:
-                raise ValueError(f"expected a number, got {value!r}.") from None
+                raise RecipeError(f"expected a number, got {value!r}.") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"expected a number, got {value!r}.")
+            raise RecipeError(f"expected a number, got {value!r}.")
         return float(value)
     if tp is str:
         if from_cli and isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)  # run.name=2024 on the command line
         if not isinstance(value, str):
-            raise ValueError(f"expected a string, got {value!r}.")
+            raise RecipeError(f"expected a string, got {value!r}.")
         return value
     raise TypeError(f"unsupported field type {tp!r}")  # a config.py bug, not a recipe error
 

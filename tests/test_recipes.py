@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ import yaml
 from mused_fm.config import (
     AdaptRecipe,
     BaseRecipe,
-    LossWeights,
     Recipe,
     RecipeError,
     load_recipe,
@@ -91,11 +89,8 @@ def test_layers_apply_in_order_and_null_drops_a_dataset():
 
 
 def _resolved(paths: list[Path], kind: type) -> dict:
-    """The recipe as behaviour sees it: a dataset's loss weights listed at their defaults equal absent ones."""
-    tree = recipe_to_dict(load_recipe(paths, kind=kind))
-    for name in tree.get("data", {}).get("datasets", {}):
-        tree["loss"]["weights"].setdefault(name, dataclasses.asdict(LossWeights()))
-    return tree
+    """The resolved recipe, as a run's config.yaml holds it."""
+    return recipe_to_dict(load_recipe(paths, kind=kind))
 
 
 def _paths_to_leaves(tree: dict, prefix: tuple = ()) -> list[tuple]:
