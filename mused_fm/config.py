@@ -79,8 +79,9 @@ class ModelConfig:
     """Hidden width of each block's MLP as a multiple of dim."""
     dropout: float = 0.0
     """Dropout in the trunk's attention and MLP."""
-    head_hidden: int = 512
-    """Hidden width of each dataset's MLP head on concat(z_llv, z_hlv); 0 makes the head linear."""
+    head_hidden: int = 0
+    """Hidden width of an MLP head on concat(z_llv, z_hlv); 0: a linear head, as the official CLIP-MUSED
+    code (an MLP head overfits a few hundred samples per subject: docs/BENCHMARKS.md, compare)."""
     volume_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     """Channels of the 3D-CNN stages of volume tokenizers; each stage halves every spatial axis."""
     volume_norm: Literal["batch", "group"] = "batch"
@@ -104,6 +105,9 @@ class DatasetConfig:
     """Features per ROI patch (the paper's per-ROI PCA width; shorter ROIs are zero-padded)."""
     volume_shape: list[int] = field(default_factory=lambda: [111, 127, 111])
     """Cropped volume (X, Y, Z); four stride-2 stages turn 111x127x111 into 7x8x7 = 392 tokens."""
+    clip_features: Literal["own", "shuffled"] = "own"
+    """CLIP features the RSA terms align with: own (each stimulus's), or shuffled: each stimulus gets another
+    stimulus's, by a fixed permutation seeded by run.seed (the comparison's negative control)."""
     num_classes: int = 80
     """Labels of the dataset's multi-label head (NSD: the 80 COCO categories). 0: taken from the
     shards' manifest by the trainer (HCP keeps the WordNet categories above a frequency)."""

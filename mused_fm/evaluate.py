@@ -4,7 +4,10 @@ Shape legend: B batch, C classes of the dataset.
 
 Shard i of a split is read by rank i % world_size (mused_fm.data.eval_batches); the ranks' predictions
 are gathered and scored on rank 0 in the form launch/evaluate.py writes to eval.json:
-    {"datasets": {"nsd": {"mAP", "AUC", "hamming", "n", "subject_mean"}}, "subjects": {"nsd/subj01": {...}}}
+    {"datasets": {"nsd": {"mAP", "AUC", "hamming", "n", "subject_mean"}}, "subjects": {"nsd/subj01": {...}},
+     "repeat_mean": {"datasets": ..., "subjects": ...}}
+where the figures score each sample (trial) and repeat_mean scores the mean prediction over each stimulus's
+repeats within a subject (NSD shows each test image 3 times; a stimulus seen once is its own mean).
 
 Under ZeRO-3 a forward pass is a collective (parameters are gathered layer by layer), so every rank
 must run the same number of them: ranks with fewer batches run padding passes whose outputs are
@@ -26,7 +29,7 @@ from mused_fm.data.pipeline import DatasetStream, eval_batches
 from mused_fm.distributed import DistInfo, all_gather_objects
 from mused_fm.errors import ShardSchemaError, UnknownSubjectError
 from mused_fm.files import json_safe
-from mused_fm.metrics import grouped_metrics
+from mused_fm.metrics import grouped_metrics, stimulus_means
 from mused_fm.model import MusedModel, MusedOutput, load_export
 
 __all__ = ["evaluate_model", "evaluate_streams", "mean_map", "merge_metrics", "open_for_model"]
@@ -45,7 +48,7 @@ def _predict(
     forward: Forward, stream: DatasetStream, split: str, batch_size: int, dist: DistInfo, dtype: torch.dtype, pad: bool
 ) -> dict[str, np.ndarray]:
     device = dist.device
-    probs, labels, subjects = [], [], []
+    probs, labels, subjects, stimuli = [], [], [], []
     last = None
     skipped: dict[str, int] = {}
     for batch in eval_batches(stream, split, batch_size, dist.rank, dist.world_size, skipped):
@@ -53,6 +56,7 @@ def _predict(
         probs.append(torch.sigmoid(out.logits.float()).cpu().numpy())
         labels.append(batch["labels"].numpy())
         subjects.extend(batch["subject"])
+        stimuli.extend(batch["stimulus"])
         last = batch
     if pad:
         extra = max(_batch_counts(stream, split, batch_size, dist.world_size)) - len(probs)
@@ -65,6 +69,7 @@ def _predict(
         "probs": np.concatenate(probs) if probs else np.zeros((0, n_classes), np.float32),
         "labels": np.concatenate(labels) if labels else np.zeros((0, n_classes), np.uint8),
         "subjects": np.asarray(subjects, dtype=str),
+        "stimuli": np.asarray(stimuli, dtype=str),
         "n_skipped": np.asarray([sum(skipped.values())]),
     }
 
@@ -102,16 +107,21 @@ def evaluate_streams(
             raise ShardSchemaError(f"{stream.url} has no readable {split!r} samples for {stream.subjects}.")
         result = grouped_metrics(merged["probs"], merged["labels"], merged["subjects"].tolist())
         result["datasets"][stream.name]["n_skipped"] = int(merged["n_skipped"].sum())  # unreadable, named in the log
+        averaged = stimulus_means(merged["probs"], merged["labels"], merged["subjects"], merged["stimuli"])
+        result["repeat_mean"] = grouped_metrics(*averaged)
         results.append(result)
     return merge_metrics(results) if dist.is_main else None
 
 
 def merge_metrics(parts: list[dict]) -> dict:
-    """One {"datasets", "subjects"} dict from per-dataset ones (datasets have their own class lists)."""
-    return {
+    """One {"datasets", "subjects"[, "repeat_mean"]} dict from per-dataset ones (each has its own classes)."""
+    merged = {
         "datasets": {k: v for p in parts for k, v in p["datasets"].items()},
         "subjects": {k: v for p in parts for k, v in p["subjects"].items()},
     }
+    if parts and all("repeat_mean" in p for p in parts):
+        merged["repeat_mean"] = merge_metrics([p["repeat_mean"] for p in parts])
+    return merged
 
 
 def mean_map(metrics: dict) -> float:

@@ -24,7 +24,7 @@ from scipy.stats import rankdata
 
 from mused_fm.subject_ids import dataset_of
 
-__all__ = ["average_precision", "grouped_metrics", "multilabel_metrics", "roc_auc"]
+__all__ = ["average_precision", "grouped_metrics", "multilabel_metrics", "roc_auc", "stimulus_means"]
 
 
 def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -114,3 +114,23 @@ def grouped_metrics(
             "subject_mean": {k: _finite_mean([m[k] for m in members]) for k in ("mAP", "AUC", "hamming")},
         }
     return {"datasets": datasets, "subjects": subjects}
+
+
+def stimulus_means(
+    probs_BC: np.ndarray, targets_BC: np.ndarray, subject_ids: Sequence[str], stimuli: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One row per (subject, stimulus): the mean prediction over the stimulus's repeats (NSD shows each
+    test image 3 times per subject). Rows keep first-seen order; a stimulus's repeats share its labels.
+
+    Returns: (probs (S, C), targets (S, C), subject id per row).
+    """
+    probs, targets = _as_numpy(probs_BC).astype(np.float64), _as_numpy(targets_BC)
+    keys = list(zip(subject_ids, stimuli, strict=True))
+    index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    rows = np.fromiter((index[k] for k in keys), dtype=np.int64, count=len(keys))
+    sums = np.zeros((len(index), probs.shape[1]))
+    np.add.at(sums, rows, probs)
+    counts = np.bincount(rows, minlength=len(index))[:, None]
+    first = np.zeros(len(index), dtype=np.int64)
+    first[rows[::-1]] = np.arange(len(rows))[::-1]  # the first row of each key
+    return sums / counts, targets[first], [k[0] for k in index]

@@ -26,10 +26,10 @@ LAYER = {
     "mused_fm.subject_ids": 1, "mused_fm.files": 1, "mused_fm.log": 1,
     "mused_fm.machine": 1, "mused_fm.flops": 1, "mused_fm.distributed": 1,
     "mused_fm.config": 2, "mused_fm.entry": 2,
-    "mused_fm.data": 3, "mused_fm.model": 3, "mused_fm.metrics": 3, "mused_fm.recipe_reference": 3,
+    "mused_fm.data": 3, "mused_fm.model": 3, "mused_fm.metrics": 3, "mused_fm.stats": 3, "mused_fm.recipe_reference": 3,
     "mused_fm.losses": 4, "mused_fm.evaluate": 4,
-    "mused_fm.train": 5,
-    "mused_fm.adapt": 6, "mused_fm.report": 6, "shards_tools": 6,
+    "mused_fm.train": 5, "mused_fm.baselines": 5, "mused_fm.token_reliance": 5,
+    "mused_fm.adapt": 6, "mused_fm.compare": 6, "mused_fm.report": 6, "shards_tools": 6,
     "mused_fm.bench": 7,
     "launch": 8,
 }  # fmt: skip

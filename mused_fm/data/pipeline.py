@@ -36,6 +36,7 @@ import webdataset as wds
 
 import mused_fm.data.s3  # noqa: F401  (registers the s3:// opener in this process and in workers)
 from mused_fm.data import storage
+from mused_fm.data.clip_targets import ShuffledClip
 from mused_fm.data.manifest import Manifest
 from mused_fm.data.schema import all_finite
 from mused_fm.data.tarfiles import decode_block, iter_raw_records
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 _skipped = 0  # records skipped in this process (a DataLoader worker counts its own)
 # Shards that fail one after another before a training stream gives up (with backoff between tries, about
 # a minute in all: a brief S3 outage or throttling is waited out, a missing or unreachable shard set is not).
+TEXT_KEYS = ("subject", "stimulus")  # per-sample strings: lists in a batch, not tensors
 MAX_CONSECUTIVE_FAILURES = 16
 _BACKOFF_S = (0.1, 5.0)  # first wait, longest wait
 
@@ -116,6 +118,8 @@ class DatasetStream:
         subject_rows: global subject id -> row of the model's token table (a model's `registry.row_of`).
         subjects: subject names within the dataset (subj01); None: every subject of the manifest.
         key: what chose `subjects` (a recipe key, a flag), named when one is not in the manifest.
+        shuffled_clip: seed of a fixed permutation of CLIP features across stimuli (the negative control,
+            mused_fm.data.clip_targets); None: each sample's own features.
     """
 
     def __init__(
@@ -124,6 +128,7 @@ class DatasetStream:
         subject_rows: Mapping[str, int],
         subjects: list[str] | None = None,
         key: str | None = None,
+        shuffled_clip: int | None = None,
     ) -> None:
         self.manifest, self.name, self.url = manifest, manifest.dataset, manifest.url
         self.info = manifest.info
@@ -132,6 +137,8 @@ class DatasetStream:
         self.subjects = wanted
         self.rows = dict(subject_rows)  # a plain dict: spawned DataLoader workers receive the stream pickled
         self.masks: dict[str, np.ndarray] = {}
+        key = f"data.datasets.{self.name}.clip_features"
+        self.substitute_clip = None if shuffled_clip is None else ShuffledClip(manifest, shuffled_clip, key)
         if manifest.kind == "volume":  # masked vectors go back into the grid: one shape for all subjects
             for sid in wanted:
                 with np.load(io.BytesIO(storage.read_bytes(manifest.preproc_url(sid)))) as f:
@@ -175,19 +182,25 @@ class DatasetStream:
             volume = np.zeros((len(block), int(np.prod(grid))), dtype=np.float16)
             volume[:, self.masks[subject]] = bold
             bold = volume.reshape(len(block), *grid)
+        stimuli = [m["stimulus"] for m in block.metas]
+        clip_llv, clip_hlv = (
+            (block.clip_llv, block.clip_hlv) if self.substitute_clip is None else self.substitute_clip(stimuli)
+        )
         return {
             "bold": bold,
             "subject_row": np.full(len(block), self.rows[subject], dtype=np.int64),
             "labels": block.labels,
-            "clip_llv": block.clip_llv,
-            "clip_hlv": block.clip_hlv,
+            "clip_llv": clip_llv,
+            "clip_hlv": clip_hlv,
             "subject": np.array([subject] * len(block)),
+            "stimulus": np.array(stimuli),
         }
 
 
 def _to_batch(arrays: dict[str, np.ndarray], dataset: str, n_skipped: int) -> dict:
-    batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items() if k != "subject"}
-    return {**batch, "subject": arrays["subject"].tolist(), "dataset": dataset, "n_skipped": n_skipped}
+    batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items() if k not in TEXT_KEYS}
+    text = {k: arrays[k].tolist() for k in TEXT_KEYS}
+    return {**batch, **text, "dataset": dataset, "n_skipped": n_skipped}
 
 
 class ShuffledBatches:

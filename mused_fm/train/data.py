@@ -46,13 +46,18 @@ def resolve_datasets(recipe: Recipe) -> tuple[Recipe, list[str], dict[str, Manif
 
 
 def open_streams(
-    manifests: Mapping[str, Manifest], subject_rows: Mapping[str, int], subject_ids: list[str]
+    recipe: Recipe, manifests: Mapping[str, Manifest], subject_rows: Mapping[str, int], subject_ids: list[str]
 ) -> dict[str, DatasetStream]:
-    """One DatasetStream per dataset, limited to the subjects being trained."""
+    """One DatasetStream per dataset, limited to the subjects being trained, with the recipe's CLIP targets."""
     chosen = [split_id(s) for s in subject_ids]
+    datasets = recipe.data.datasets
     return {
         name: DatasetStream(
-            manifest, subject_rows, [n for d, n in chosen if d == name], f"data.datasets.{name}.subjects"
+            manifest,
+            subject_rows,
+            [n for d, n in chosen if d == name],
+            f"data.datasets.{name}.subjects",
+            shuffled_clip=recipe.run.seed if datasets[name].clip_features == "shuffled" else None,
         )
         for name, manifest in manifests.items()
     }

@@ -103,7 +103,7 @@ class _Trainer:
         self.dist, self.recipe = dist, recipe
         self.out = Path(recipe.run.out_dir)
         self.registry = _registry(self.out, subject_ids)
-        self.streams = open_streams(manifests, self.registry.row_of, self.registry.ids)
+        self.streams = open_streams(self.recipe, manifests, self.registry.row_of, self.registry.ids)
         t = self.recipe.train
         self.sizes = split_batch(t.micro_batch_size, {n: ds.weight for n, ds in self.recipe.data.datasets.items()})
 
