@@ -10,7 +10,8 @@ from sklearn.metrics import average_precision_score
 from mused_fm.baselines import ALPHAS, SplitArrays, chance_metrics, fit_ridge, ridge_metrics
 from mused_fm.data.pipeline import DatasetStream
 from mused_fm.metrics import multilabel_metrics
-from tests.train_helpers import pack_cohort
+
+from train_helpers import pack_cohort
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from mused_fm.data.clip_targets import CLIP_CACHE
 from mused_fm.data.manifest import Manifest
 from mused_fm.data.pipeline import DatasetStream, eval_batches
 from mused_fm.errors import MissingFileError
-from tests.train_helpers import pack_cohort
+
+from train_helpers import pack_cohort
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def test_shuffled_features_are_another_stimulus_and_consistent(nsd):
     rows = {s: i for i, s in enumerate(manifest.subjects)}
     own = DatasetStream(manifest, rows)
     shuffled = DatasetStream(manifest, rows, shuffled_clip=3)
-    stimuli, subjects, own_llv, own_hlv = _samples(own)
+    stimuli, subjects, own_llv, _ = _samples(own)
     stimuli2, _, llv, hlv = _samples(shuffled)
     assert stimuli == stimuli2 and len(set(stimuli)) >= 10
     with np.load(io.BytesIO(storage.read_bytes(f"{nsd}/{CLIP_CACHE}"))) as f:

@@ -21,20 +21,90 @@ def metrics(**maps: float) -> dict:
     }
 
 
-def test_comparison_states_whether_the_papers_ordering_holds():
-    table = {
-        "MS-SMODEL": {"nsd": 0.30, "hcp": 0.80},
-        "MS-EMB": {"nsd": 0.32, "hcp": 0.85},
-        "CLIP-MUSED": {"nsd": 0.35, "hcp": 0.84},
+def _eval(values: dict[str, float], repeat: dict[str, float] | None = None) -> dict:
+    out = {"subjects": {s: {"mAP": v} for s, v in values.items()}}
+    out["repeat_mean"] = {"subjects": {s: {"mAP": v} for s, v in (repeat or values).items()}}
+    return out
+
+
+def _write(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
+
+
+def _compare_tree(root: Path) -> Path:
+    """A comparison with known numbers: CLIP-MUSED leads MS-EMB by 0.05 +- noise on every seed; MS-EMB and
+    MS-SMODEL tie; SS-ViT has one model per subject; one BCE-only seed is missing."""
+    compare = root / "compare"
+    methods = {
+        "clip_mused": {"seeds": 6, "per_subject": False, "reliance": True},
+        "ms_emb": {"seeds": 6, "per_subject": False, "reliance": False},
+        "ms_smodel": {"seeds": 6, "per_subject": False, "reliance": False},
+        "ss_vit": {"seeds": 3, "per_subject": True, "reliance": False},
+        "bce_only": {"seeds": 3, "per_subject": False, "reliance": False},
+        "shuffled_clip": {"seeds": 3, "per_subject": False, "reliance": False},
     }
-    text = markdown.comparison(table, {"nsd": {"MS-EMB": (3, 4)}})
-    assert "nsd: CLIP-MUSED 0.350, MS-EMB 0.320, MS-SMODEL 0.300: the paper's ordering holds" in text
-    assert "CLIP-MUSED is ahead of MS-EMB on 3 of 4 subjects" in text
-    assert "hcp: CLIP-MUSED 0.840, MS-EMB 0.850, MS-SMODEL 0.800: the paper's ordering does not hold" in text
-    assert "lacks" in markdown.comparison({"CLIP-MUSED": {"nsd": 0.3}, "MS-EMB": {"nsd": 0.2}}, {})
-    # A failed ordering where the model ignores its tokens is explained; one where it uses them is not.
-    assert "Why not on hcp" in markdown.comparison(table, {}, {"nsd": 0.05, "hcp": -0.003})
-    assert "Why not" not in markdown.comparison(table, {}, {"nsd": 0.05, "hcp": 0.04})
+    criteria = [
+        {"name": "CLIP-MUSED beats MS-EMB", "better": "clip_mused", "worse": "ms_emb", "expect": "above"},
+        {"name": "MS-EMB beats MS-SMODEL", "better": "ms_emb", "worse": "ms_smodel", "expect": "above"},
+        {"name": "shuffled no better", "better": "shuffled_clip", "worse": "bce_only", "expect": "not_above"},
+    ]
+    _write(
+        compare / "protocol.json",
+        {"path": "p.yaml", "methods": methods, "criteria": criteria, "subjects": {"nsd": ["s1", "s2"]}},
+    )
+    noise = [0.01, -0.01, 0.02, 0.0, -0.02, 0.01]
+    for seed in range(6):
+        base = 0.5 + noise[seed]
+        _write(compare / f"nsd/ms_emb/s{seed}/eval.json", _eval({"nsd/s1": base - 0.1, "nsd/s2": base + 0.1}))
+        _write(
+            compare / f"nsd/ms_smodel/s{seed}/eval.json",
+            _eval({"nsd/s1": base - 0.1 + noise[::-1][seed], "nsd/s2": base + 0.1}),
+        )
+        clip = {"nsd/s1": base - 0.05 + noise[seed] / 4, "nsd/s2": base + 0.15}
+        _write(compare / f"nsd/clip_mused/s{seed}/eval.json", _eval(clip, {k: v + 0.1 for k, v in clip.items()}))
+        reliance = {
+            v: {"datasets": {"nsd": {"subject_mean": {"mAP": 0.55 - 0.1 * (v != "own") + 0.001 * seed}}}}
+            for v in ("own", "mean", "swapped", "zeroed")
+        }
+        _write(compare / f"nsd/clip_mused/s{seed}/reliance.json", reliance)
+    for seed in range(3):
+        for s, v in (("s1", 0.3), ("s2", 0.5)):
+            _write(compare / f"nsd/ss_vit/s{seed}/{s}/eval.json", _eval({f"nsd/{s}": v + 0.01 * seed}))
+        _write(compare / f"nsd/shuffled_clip/s{seed}/eval.json", _eval({"nsd/s1": 0.4 + 0.01 * seed, "nsd/s2": 0.4}))
+        if seed < 2:
+            _write(compare / f"nsd/bce_only/s{seed}/eval.json", _eval({"nsd/s1": 0.45, "nsd/s2": 0.41 + 0.02 * seed}))
+    _write(compare / "nsd/ridge/eval.json", _eval({"nsd/s1": 0.99, "nsd/s2": 0.97}))
+    _write(compare / "nsd/chance/eval.json", _eval({"nsd/s1": 0.2, "nsd/s2": 0.2}))
+    return compare
+
+
+def test_comparison_reads_seeds_intervals_and_criteria(tmp_path):
+    from scipy import stats as sps
+
+    from mused_fm.report.comparison import criteria_results, read_comparison
+    from mused_fm.report.comparison_markdown import comparison_sections
+
+    c = read_comparison(_compare_tree(tmp_path))
+    clip = [0.5 + n + (-0.05 + n / 4 + 0.15) / 2 for n in [0.01, -0.01, 0.02, 0.0, -0.02, 0.01]]
+    assert list(c.scores["nsd"]["clip_mused"]["trial"].values()) == pytest.approx(clip)
+    assert list(c.scores["nsd"]["clip_mused"]["repeat"].values()) == pytest.approx([v + 0.1 for v in clip])
+    iv = c.interval("nsd", "clip_mused")
+    assert (iv.low, iv.high) == pytest.approx(sps.t.interval(0.95, 5, loc=np.mean(clip), scale=sps.sem(clip)))
+    assert c.scores["nsd"]["ss_vit"]["trial"] == pytest.approx({0: 0.4, 1: 0.41, 2: 0.42})  # mean of per-subject runs
+    assert c.missing == [str(tmp_path / "compare/nsd/bce_only/s2")]
+    assert c.baselines["nsd"]["ridge"]["trial"] == pytest.approx(0.98)
+    results = {r["name"]: r for r in criteria_results(c)}
+    assert results["CLIP-MUSED beats MS-EMB"]["passed"] is True
+    assert results["CLIP-MUSED beats MS-EMB"]["p"] == pytest.approx(2 / 64)
+    assert results["MS-EMB beats MS-SMODEL"]["passed"] is False
+    assert results["shuffled no better"]["passed"] is True  # paired on the 2 seeds both have
+    assert results["shuffled no better"]["interval"].n == 2
+    text = "\n\n".join(comparison_sections(c))
+    assert "| CLIP-MUSED beats MS-EMB | nsd |" in text and "| PASS |" in text and "| FAIL |" in text
+    assert "2 pass, 1 fail, 0 not run" in text
+    assert "| ridge per subject | - | 0.980 |" in text
+    assert "| nsd | own - mean | 6 | 0.100 [0.100, 0.100]" in text
 
 
 def test_subject_mean_map_averages_subjects_of_one_dataset():
@@ -63,16 +133,8 @@ def test_inputs_of_a_demo_directory(tmp_path):
     (run / "export").mkdir(parents=True)
     (run / "config.yaml").write_text("{}\n")
     (tmp_path / "eval.json").write_text(json.dumps(metrics(nsd_s1=0.5)))
-    for name, value in (("nsd_s1", 0.4), ("hcp_a", 0.8)):  # SS-ViT: one run per subject, merged
-        (tmp_path / "compare/ss_vit" / name).mkdir(parents=True)
-        (tmp_path / "compare/ss_vit" / name / "eval.json").write_text(json.dumps(metrics(**{name: value})))
-    (tmp_path / "compare/ms_emb").mkdir()
-    (tmp_path / "compare/ms_emb/config.yaml").write_text("{}\n")  # started, never evaluated
     inputs = find_inputs(tmp_path)
     assert inputs.run == run and inputs.eval["subjects"]["nsd/s1"]["mAP"] == 0.5
-    assert set(inputs.variants) == {"ss_vit"}
-    assert set(inputs.variants["ss_vit"]["subjects"]) == {"nsd/s1", "hcp/a"}
-    assert inputs.missing_variants == [str(tmp_path / "compare/ms_emb")]
     assert find_inputs(run).run == run  # a run directory itself
 
 

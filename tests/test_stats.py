@@ -45,7 +45,7 @@ def test_paired_differences_use_shared_seeds_only():
 def _brute_sign_flip(d):
     observed = abs(sum(d))
     hits = [
-        abs(sum(s * x for s, x in zip(signs, d))) >= observed - 1e-12
+        abs(sum(s * x for s, x in zip(signs, d, strict=True))) >= observed - 1e-12
         for signs in itertools.product((1, -1), repeat=len(d))
     ]
     return sum(hits) / len(hits)

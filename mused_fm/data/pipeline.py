@@ -184,7 +184,9 @@ class DatasetStream:
             bold = volume.reshape(len(block), *grid)
         stimuli = [m["stimulus"] for m in block.metas]
         clip_llv, clip_hlv = (
-            (block.clip_llv, block.clip_hlv) if self.substitute_clip is None else self.substitute_clip(stimuli)
+            (block.clip_llv, block.clip_hlv)
+            if self.substitute_clip is None
+            else self.substitute_clip(block.clip_llv, stimuli)
         )
         return {
             "bold": bold,
@@ -218,7 +220,7 @@ class ShuffledBatches:
         rank = int(wds.utils.pytorch_worker_info()[0])
         rng = np.random.default_rng([self.seed, rank, info.id if info else 0])
         pool: list[dict[str, np.ndarray]] = []
-        held, reported = 0, 0
+        held, reported = 0, _skipped  # the process may have run other streams before (one run after another)
         for record in records:
             try:
                 arrays = self.stream.arrays(record)

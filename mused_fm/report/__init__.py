@@ -23,7 +23,18 @@ from mused_fm.evaluate import evaluate_streams, open_for_model
 from mused_fm.files import json_safe, write_json, write_text
 from mused_fm.model import load_export
 from mused_fm.report import analysis, figures, markdown
-from mused_fm.report.inputs import ABLATIONS, BASELINES, ReportInputs, find_inputs, read_metrics
+from mused_fm.report.comparison import (
+    ABLATIONS,
+    ORDERING,
+    Comparison,
+    differences,
+    label,
+    ordered_methods,
+    read_comparison,
+)
+from mused_fm.report.comparison_markdown import comparison_sections
+from mused_fm.report.inputs import find_inputs, read_metrics
+from mused_fm.token_reliance import token_reliance
 
 __all__ = ["write_report"]
 
@@ -63,30 +74,26 @@ def _streams(recipe, model, shard_urls: list[str], notes: list[str]) -> dict[str
     return streams
 
 
-def _comparison_tables(inputs: ReportInputs, main: dict) -> tuple[dict, dict, dict]:
-    """(comparison table, paired wins, ablation table): subject-mean test mAP per method and dataset."""
-    datasets = list(main["datasets"])
-    compare, paired, ablate = {}, {d: {} for d in datasets}, {}
-    for key, label in BASELINES.items():
-        if key in inputs.variants:
-            subj = inputs.variants[key]["subjects"]
-            compare[label] = {d: markdown.subject_mean_map(subj, d, list(main["subjects"])) for d in datasets}
-            for d in datasets:
-                common = [s for s in subj if s.startswith(f"{d}/") and s in main["subjects"]]
-                wins = sum(main["subjects"][s]["mAP"] > subj[s]["mAP"] for s in common)
-                if common:
-                    paired[d][label] = (wins, len(common))
-    if compare:
-        compare["CLIP-MUSED"] = {d: markdown.subject_mean_map(main["subjects"], d) for d in datasets}
-    for key, label in ABLATIONS.items():
-        if key in inputs.variants:
-            ablate[label] = {d: markdown.subject_mean_map(inputs.variants[key]["subjects"], d) for d in datasets}
-    if ablate:
-        ablate = {
-            "CLIP-MUSED (all terms)": {d: markdown.subject_mean_map(main["subjects"], d) for d in datasets},
-            **ablate,
+def _comparison(compare: Comparison, out: Path) -> list[str]:
+    """The comparison's figures and sections (intervals over seeds, baselines, differences, criteria)."""
+    panels = {}
+    for dataset in compare.datasets:
+        base = compare.baselines.get(dataset, {})
+        panels[dataset] = {
+            "methods": [(label(m), compare.interval(dataset, m)) for m in ordered_methods(compare, dataset)],
+            "ridge": base.get("ridge", {}).get("trial"),
+            "chance": base.get("chance", {}).get("trial"),
         }
-    return compare, paired, ablate
+    if any(p["methods"] for p in panels.values()):
+        figures.plot_seed_comparison({d: p for d, p in panels.items() if p["methods"]}, out / "comparison.png")
+    pairs = [*ORDERING, *(("clip_mused", a) for a in ABLATIONS), ("shuffled_clip", "bce_only")]
+    rows = [
+        (f"{r['dataset']}: {label(r['better'])} - {label(r['worse'])}", r["interval"])
+        for r in differences(compare, pairs)
+    ]
+    if rows:
+        figures.plot_differences(rows, out / "differences.png")
+    return comparison_sections(compare)
 
 
 def write_report(root: str | Path, shards: list[str] = (), attention_samples: int = 256) -> Path:
@@ -121,23 +128,15 @@ def write_report(root: str | Path, shards: list[str] = (), attention_samples: in
     train, val = read_metrics(inputs.run)
     figures.plot_training(train, val, datasets, out / "training.png")
     sections.append(markdown.training(train, val, datasets))
-    reliance = analysis.token_reliance(model, streams) if streams else None
+    reliance = token_reliance(model, streams) if streams else None
     if main is not None:
         chance = {name: analysis.chance_map(s) for name, s in streams.items()}
         figures.plot_subject_metrics(main["subjects"], out / "subjects.png")
         sections.append(markdown.subjects(main, chance))
-        compare, paired, ablate = _comparison_tables(inputs, main)
-        if compare:
-            figures.plot_comparison(compare, out / "comparison.png", "The paper's comparison on this cohort")
-            effect = None
-            if reliance is not None:
-                own, mean = (reliance[k]["datasets"] for k in ("own", "mean"))
-                effect = {d: own[d]["subject_mean"]["mAP"] - mean[d]["subject_mean"]["mAP"] for d in own}
-            sections.append(markdown.comparison(compare, paired, effect))
-        if ablate:
-            figures.plot_comparison(ablate, out / "ablation.png", "Loss ablation")
-            sections.append(markdown.ablation(ablate))
-    if reliance is not None:
+    compare = read_comparison(inputs.root / "compare")
+    if compare is not None:
+        sections.extend(_comparison(compare, out))
+    if reliance is not None and not (compare and compare.reliance):
         sections.append(markdown.reliance(reliance))
     if streams:
         maps = {}
@@ -161,10 +160,12 @@ def write_report(root: str | Path, shards: list[str] = (), attention_samples: in
         label = ", ".join(added) or path.name
         figures.plot_curve(points, out / f"curve_{path.name}.png", label)
         sections.append(markdown.new_subject(points, label, f"curve_{path.name}.png", path.name))
-    if inputs.missing_variants:
+    if compare is not None and compare.missing:
         notes.append(
-            "Runs under compare/ without eval.json (unfinished or not evaluated): "
-            + ", ".join(inputs.missing_variants)
+            f"{len(compare.missing)} runs of the comparison have no eval.json (unfinished or failed; rerun "
+            f"launch/compare.py to finish them): "
+            + ", ".join(compare.missing[:10])
+            + ("..." if len(compare.missing) > 10 else "")
             + "."
         )
     if notes:

@@ -5,7 +5,6 @@ Shape legend: B batch, M tokens of a dataset's tokenizer, N subjects, D width.
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections import defaultdict
 from collections.abc import Sequence
@@ -14,11 +13,9 @@ import numpy as np
 import torch
 
 from mused_fm.data.pipeline import DatasetStream, eval_batches
-from mused_fm.evaluate import evaluate_streams
-from mused_fm.files import json_safe
 from mused_fm.model import MusedModel
 
-__all__ = ["chance_map", "readout_attention_by_subject", "token_names", "token_reliance", "token_similarity"]
+__all__ = ["chance_map", "readout_attention_by_subject", "token_names", "token_similarity"]
 
 
 def token_names(model: MusedModel, stream: DatasetStream) -> list[str]:
@@ -101,30 +98,3 @@ def chance_map(stream: DatasetStream, split: str = "test", batch_size: int = 256
         n += len(batch["labels"])
     prevalence = (positives / max(n, 1)).numpy()
     return float(prevalence[prevalence > 0].mean()) if n else float("nan")
-
-
-@torch.no_grad()
-def token_reliance(model: MusedModel, streams: dict[str, DatasetStream], split: str = "test") -> dict | None:
-    """Does the model use its subject tokens? Test metrics with each subject's own token, with the mean
-    token of its dataset for every subject, and with another subject's token (rows rotated by one).
-
-    Returns {"own", "mean", "swapped"}, each an evaluate_streams dict, or None without per-subject tokens.
-    """
-    if model.subject_tokens.full_table() is None:
-        return None
-    model = model.eval()
-    perm = torch.arange(len(model.registry))
-    averaged = copy.deepcopy(model)
-    table = averaged.subject_tokens.table  # from_pretrained holds every row in `table`
-    for stream in streams.values():
-        rows = torch.tensor([model.registry.rows([s]).item() for s in stream.subjects])
-        perm[rows] = rows.roll(1)
-        table.data[rows] = table.data[rows].mean(0, keepdim=True)
-    out = {}
-    for name, forward in (
-        ("own", model),
-        ("mean", averaged),
-        ("swapped", lambda bold, rows, ds: model(bold, perm[rows], ds)),
-    ):
-        out[name] = json_safe(evaluate_streams(forward, streams, split, 256))
-    return out

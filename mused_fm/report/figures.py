@@ -19,8 +19,9 @@ from mused_fm.subject_ids import dataset_of
 
 __all__ = [
     "plot_attention",
-    "plot_comparison",
     "plot_curve",
+    "plot_differences",
+    "plot_seed_comparison",
     "plot_subject_metrics",
     "plot_token_similarity",
     "plot_training",
@@ -97,25 +98,6 @@ def plot_subject_metrics(subjects: Mapping[str, Mapping[str, float]], path: Path
     _save(fig, path)
 
 
-def plot_comparison(table: Mapping[str, Mapping[str, float]], path: Path, title: str) -> None:
-    """Grouped bars: per dataset, the subject-mean test mAP of each method (table[method][dataset])."""
-    methods = list(table)
-    datasets = list(dict.fromkeys(d for row in table.values() for d in row))
-    width = 0.8 / max(len(methods), 1)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(datasets) * max(len(methods), 1) / 3, 3.8), dpi=120)
-    for i, method in enumerate(methods):
-        values = [table[method].get(d, np.nan) for d in datasets]
-        bars = ax.bar(np.arange(len(datasets)) + (i - (len(methods) - 1) / 2) * width, values, width, label=method)
-        ax.bar_label(bars, fmt="%.3f", fontsize=6, rotation=90, padding=2)
-    ax.set_xticks(range(len(datasets)), datasets)
-    ax.set_ylabel("test mAP (mean over subjects)")
-    ax.set_title(title, fontsize=10)
-    ax.margins(y=0.15)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    _save(fig, path)
-
-
 def plot_attention(maps: Mapping[str, dict], path: Path) -> None:
     """Per dataset, two heatmaps (llv, hlv): subjects x tokens, last-layer attention renormalised over tokens.
 
@@ -152,4 +134,51 @@ def plot_token_similarity(sim: dict, path: Path) -> None:
         ax.set_yticks(range(len(ids)), ids, fontsize=7)
         ax.set_title(f"cosine similarity of {key} tokens", fontsize=10)
         fig.colorbar(image, ax=ax, fraction=0.046)
+    _save(fig, path)
+
+
+def plot_seed_comparison(panels: Mapping[str, dict], path: Path) -> None:
+    """One panel per dataset: per method the per-seed scores (dots) and their mean with its 95% interval
+    (bar), ridge and chance as horizontal lines.
+
+    panels[dataset] = {"methods": [(label, Interval)], "ridge": float | None, "chance": float | None}.
+    """
+    names = list(panels)
+    width = max(len(p["methods"]) for p in panels.values())
+    fig, axes = plt.subplots(len(names), 1, figsize=(1.5 + 0.62 * width, 3.0 * len(names)), dpi=120, squeeze=False)
+    for ax, name in zip(axes[:, 0], names, strict=True):
+        panel = panels[name]
+        for i, (_text, iv) in enumerate(panel["methods"]):
+            jitter = np.linspace(-0.15, 0.15, iv.n) if iv.n > 1 else np.zeros(1)
+            ax.scatter(i + jitter, iv.values, s=10, color="tab:gray", alpha=0.7, zorder=2)
+            low, high = (iv.low, iv.high) if np.isfinite(iv.low) else (iv.mean, iv.mean)
+            ax.errorbar(
+                i, iv.mean, yerr=[[iv.mean - low], [high - iv.mean]], fmt="o", color="tab:blue", capsize=4, zorder=3
+            )
+        for key, style in (("ridge", "--"), ("chance", ":")):
+            if panel.get(key) is not None:
+                ax.axhline(panel[key], linestyle=style, color="black", linewidth=1, label=key)
+        ax.set_xticks(
+            range(len(panel["methods"])), [t for t, _ in panel["methods"]], rotation=35, ha="right", fontsize=7
+        )
+        ax.set_ylabel("test mAP, subject mean")
+        ax.set_title(f"{name}: mean and 95% CI over seeds (dots: seeds)", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+
+
+def plot_differences(rows: Sequence[tuple[str, object]], path: Path) -> None:
+    """Forest plot of paired differences: rows of (label, Interval), zero marked."""
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.3 * len(rows)), dpi=120)
+    for i, (_text, iv) in enumerate(rows):
+        low, high = (iv.low, iv.high) if np.isfinite(iv.low) else (iv.mean, iv.mean)
+        color = "tab:green" if low > 0 else ("tab:red" if high < 0 else "tab:gray")
+        ax.errorbar(iv.mean, i, xerr=[[iv.mean - low], [high - iv.mean]], fmt="o", color=color, capsize=3)
+        ax.scatter(iv.values, [i] * iv.n, s=6, color="black", alpha=0.4)
+    ax.axvline(0, color="black", linewidth=1)
+    ax.set_yticks(range(len(rows)), [t for t, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("paired difference of test mAP (mean, 95% CI; dots: seeds)")
+    ax.grid(axis="x", alpha=0.3)
     _save(fig, path)

@@ -14,19 +14,17 @@ import numpy as np
 from mused_fm.subject_ids import dataset_of
 
 __all__ = [
-    "ablation",
     "attention",
-    "comparison",
     "new_subject",
     "reliance",
     "subject_mean_map",
     "subjects",
+    "table",
     "token_similarity",
     "training",
 ]
 
 EARLY_ROIS = ("V1", "V2", "V3")  # early visual cortex: where the paper expects the low-level token to look
-PAPER_ORDER = ("CLIP-MUSED", "MS-EMB", "MS-SMODEL")
 STYLE_NAMES = {"full": "Full fine-tuning", "scratch": "A single-subject model from scratch"}
 
 
@@ -34,7 +32,7 @@ def _f(x, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c if isinstance(c, str) else _f(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -96,77 +94,7 @@ def subjects(metrics: dict, chance: Mapping[str, float]) -> str:
             "",
             " ".join(sentences),
             "",
-            _table(["subject", "n", "mAP", "AUC", "Hamming"], rows),
-        ]
-    )
-
-
-def comparison(
-    table: Mapping[str, Mapping[str, float]],
-    paired: Mapping[str, Mapping[str, tuple[int, int]]],
-    token_effect: Mapping[str, float] | None = None,
-) -> str:
-    """table[method][dataset] = subject-mean mAP; paired[dataset][baseline] = (subjects CLIP-MUSED wins, n);
-    token_effect[dataset] = test mAP with own tokens minus with the mean token (the reliance check), which
-    says whether a failed ordering can come from the subject tokens at all."""
-    datasets = list(dict.fromkeys(d for row in table.values() for d in row))
-    rows = [[m, *(table[m].get(d, float("nan")) for d in datasets)] for m in table]
-    sentences = []
-    for d in datasets:
-        have = [m for m in PAPER_ORDER if not math.isnan(table.get(m, {}).get(d, float("nan")))]
-        if len(have) < len(PAPER_ORDER):
-            sentences.append(f"{d}: the comparison lacks {sorted(set(PAPER_ORDER) - set(have))}.")
-            continue
-        values = [table[m][d] for m in PAPER_ORDER]
-        holds = values[0] > values[1] > values[2]
-        wins = "; ".join(
-            f"CLIP-MUSED is ahead of {b} on {w} of {n} subjects" for b, (w, n) in paired.get(d, {}).items()
-        )
-        sentences.append(
-            f"{d}: CLIP-MUSED {_f(values[0])}, MS-EMB {_f(values[1])}, MS-SMODEL {_f(values[2])}: the paper's ordering "
-            f"{'holds' if holds else 'does not hold'}" + (f" ({wins})." if wins else ".")
-        )
-        effect = (token_effect or {}).get(d)
-        if not holds and effect is not None and abs(effect) < 0.01:
-            sentences.append(
-                f"Why not on {d}: the trained CLIP-MUSED model decodes {d} as well with the mean token as with each "
-                f"subject's own ({effect:+.3f}), so subject information is not used there and the three variants "
-                "differ by training noise. That is expected where subjects' inputs share one space and most of their "
-                "functional layout, so that one input-to-label map serves every subject."
-            )
-    return "\n".join(
-        [
-            "## The paper's comparison",
-            "",
-            "![comparison](comparison.png)",
-            "",
-            "Test mAP averaged over each dataset's subjects (SS-ViT: one model per subject), one seed each. "
-            + " ".join(sentences),
-            "",
-            _table(["method", *datasets], rows),
-        ]
-    )
-
-
-def ablation(table: Mapping[str, Mapping[str, float]]) -> str:
-    datasets = list(dict.fromkeys(d for row in table.values() for d in row))
-    full = table.get("CLIP-MUSED (all terms)", {})
-    rows = [[m, *(table[m].get(d, float("nan")) for d in datasets)] for m in table]
-    sentences = []
-    for m, row in table.items():
-        if m == "CLIP-MUSED (all terms)":
-            continue
-        deltas = ", ".join(f"{d} {row[d] - full[d]:+.3f}" for d in datasets if d in row and d in full)
-        sentences.append(f"{m}: {deltas}")
-    return "\n".join(
-        [
-            "## Loss ablation",
-            "",
-            "![loss ablation](ablation.png)",
-            "",
-            "Test mAP averaged over subjects, change against the full loss: " + "; ".join(sentences) + ".",
-            "",
-            _table(["loss", *datasets], rows),
+            table(["subject", "n", "mAP", "AUC", "Hamming"], rows),
         ]
     )
 
@@ -193,7 +121,7 @@ def reliance(result: Mapping[str, dict]) -> str:
             "The smaller these drops, the more the trunk decodes from the fMRI tokens alone, and the less any "
             "subject-token variant (MS-EMB, CLIP-MUSED, a new subject's fitted tokens) can differ from none.",
             "",
-            _table(["tokens", *datasets], rows),
+            table(["tokens", *datasets], rows),
         ]
     )
 
@@ -283,6 +211,6 @@ def new_subject(points: Sequence[dict], subjects_label: str, png: str = "curve.p
             "",
             " ".join(text),
             "",
-            _table(["method", "fraction", "n_train", "mAP", "AUC", "Hamming"], rows),
+            table(["method", "fraction", "n_train", "mAP", "AUC", "Hamming"], rows),
         ]
     )

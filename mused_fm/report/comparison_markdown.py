@@ -1,0 +1,137 @@
+"""The report's comparison sections, from a Comparison (mused_fm.report.comparison): means with 95% intervals
+and per-seed values, the baselines, paired differences with sign-flip p-values, the fixed criteria with pass
+or fail, and the token-reliance check over seeds."""
+
+from __future__ import annotations
+
+from mused_fm.report.comparison import (
+    ABLATIONS,
+    ORDERING,
+    Comparison,
+    criteria_results,
+    differences,
+    label,
+    ordered_methods,
+)
+from mused_fm.report.markdown import table
+from mused_fm.stats import interval, paired, sign_flip_p
+from mused_fm.token_reliance import VARIANTS
+
+__all__ = ["comparison_sections"]
+
+
+def _values(iv) -> str:
+    return ", ".join(f"{v:.3f}" for v in iv.values)
+
+
+def _method_table(c: Comparison, dataset: str) -> str:
+    rows = []
+    for method in ordered_methods(c, dataset):
+        trial, repeat = c.interval(dataset, method, "trial"), c.interval(dataset, method, "repeat")
+        rows.append([label(method), str(trial.n), trial.text(), repeat.text() if repeat else "n/a", _values(trial)])
+    for name in ("ridge", "chance"):
+        base = c.baselines.get(dataset, {}).get(name)
+        if base:
+            rows.append(
+                [label(name), "-", f"{base['trial']:.3f}", f"{base.get('repeat', float('nan')):.3f}", "deterministic"]
+            )
+    header = ["method", "seeds", "mAP per trial, mean [95% CI]", "mAP, repeats averaged", "per seed (per trial)"]
+    return table(header, rows)
+
+
+def _difference_rows(rows: list[dict]) -> list[list[str]]:
+    return [
+        [
+            r["dataset"],
+            f"{label(r['better'])} - {label(r['worse'])}",
+            str(r["interval"].n),
+            r["interval"].text(),
+            f"{r['p']:.3f}",
+        ]
+        for r in rows
+    ]
+
+
+def comparison_sections(c: Comparison, figure: str = "comparison.png", forest: str = "differences.png") -> list[str]:
+    protocol = c.protocol
+    seeds = ", ".join(f"{label(m)} {s['seeds']}" for m, s in protocol["methods"].items())
+    intro = [
+        "## The paper's comparison, over seeds",
+        "",
+        f"![comparison]({figure})",
+        "",
+        f"Protocol `{protocol['path']}` (`launch/compare.py`): each dataset trained alone, the validation-selected "
+        f"`best/` export of every run scored on the test split. Score: test mAP averaged over the dataset's subjects "
+        f"(SS-ViT: one model per subject, averaged within the seed). The headline is per trial; the second column "
+        f"averages each stimulus's predictions over its repeats first (NSD shows each test image 3 times). Seeds "
+        f"0..n-1, shared by all methods, so differences are paired: {seeds}. Intervals are two-sided 95% Student-t "
+        "intervals over seeds; the ridge decoder (closed form per subject, alpha chosen on validation) and chance "
+        "(random scores) are deterministic.",
+    ]
+    for dataset in c.datasets:
+        intro += ["", f"### {dataset}", "", _method_table(c, dataset)]
+    diffs = differences(c, [*ORDERING, *(("clip_mused", a) for a in ABLATIONS), ("shuffled_clip", "bce_only")])
+    sections = ["\n".join(intro)]
+    if diffs:
+        crit = criteria_results(c)
+        crit_rows = [
+            [
+                r["name"],
+                r["dataset"],
+                r["interval"].text() if r["interval"] else "missing runs",
+                "above 0" if r.get("expect", "above") == "above" else "not above 0",
+                {True: "PASS", False: "FAIL", None: "not run"}[r["passed"]],
+            ]
+            for r in crit
+        ]
+        failed = [r for r in crit if r["passed"] is False]
+        text = [
+            "## Paired differences and the criteria fixed before the runs",
+            "",
+            f"![paired differences]({forest})",
+            "",
+            "Differences of per-trial subject-mean test mAP, paired by seed: mean [95% CI] and the exact two-sided "
+            "sign-flip p-value (with 3 seeds the smallest possible p is 0.25, with 6 it is 0.031).",
+            "",
+            table(["dataset", "difference", "seeds", "mean [95% CI]", "sign-flip p"], _difference_rows(diffs)),
+        ]
+        if crit_rows:
+            text += [
+                "",
+                f"Criteria from `{protocol['path']}`, reported as they came out: "
+                f"{sum(r['passed'] is True for r in crit)} pass, {len(failed)} fail, "
+                f"{sum(r['passed'] is None for r in crit)} not run.",
+                "",
+                table(["criterion", "dataset", "difference [95% CI]", "expected", "result"], crit_rows),
+            ]
+        sections.append("\n".join(text))
+    if c.reliance:
+        sections.append(_reliance(c))
+    return sections
+
+
+def _reliance(c: Comparison) -> str:
+    rows, diff_rows = [], []
+    for dataset, variants in c.reliance.items():
+        for variant in VARIANTS:
+            if variant in variants:
+                iv = interval(list(variants[variant].values()))
+                rows.append([dataset, variant, str(iv.n), iv.text(), _values(iv)])
+        own = variants.get("own", {})
+        for variant in VARIANTS[1:]:
+            if variant in variants and set(own) & set(variants[variant]):
+                d = paired(own, variants[variant])
+                diff_rows.append([dataset, f"own - {variant}", str(d.n), d.text(), f"{sign_flip_p(d.values):.3f}"])
+    return "\n".join(
+        [
+            "## Does CLIP-MUSED use its subject tokens? (over seeds)",
+            "",
+            "Each CLIP-MUSED run of the comparison decoded with each subject's own tokens, the mean of its dataset's "
+            "tokens, another subject's tokens (rows rotated by one), and zeroed tokens. A difference whose interval "
+            "includes zero means the model does not rely on that subject information.",
+            "",
+            table(["dataset", "tokens", "seeds", "mAP mean [95% CI]", "per seed"], rows),
+            "",
+            table(["dataset", "difference", "seeds", "mean [95% CI]", "sign-flip p"], diff_rows),
+        ]
+    )

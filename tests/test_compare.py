@@ -1,0 +1,117 @@
+"""launch/compare.py end to end on the packed test cohort: single-process runs in 2 workers, every run's best/
+evaluated on test, reliance for CLIP-MUSED, ridge and chance, a resume that skips finished runs, the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mused_fm.compare import Protocol
+from mused_fm.errors import RecipeError
+
+from train_helpers import ROOT, pack_cohort, run_launcher, write_recipe
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return pack_cohort(tmp_path_factory.mktemp("compare_cohort"))
+
+
+def _protocol(tmp_path: Path, cohort: dict) -> Path:
+    base = write_recipe(tmp_path / "base.yaml", cohort, tmp_path / "unused", train={"max_steps": 4, "eval_every": 2})
+    compare = ROOT / "recipes" / "compare"
+    protocol = {
+        "base": [str(base)],
+        "common": ["train.micro_batch_size=8"],
+        "datasets": {
+            "nsd": {"overrides": ["data.datasets.hcp=null"], "per_subject": ["train.max_steps=2"]},
+            "hcp": {"overrides": ["data.datasets.nsd=null"], "per_subject": ["train.max_steps=2"]},
+        },
+        "methods": {
+            "clip_mused": {"seeds": 2, "reliance": True},
+            "ms_emb": {"recipes": [str(compare / "ms_emb.yaml")], "seeds": 2},
+            "ss_vit": {"recipes": [str(compare / "ss_vit.yaml")], "seeds": 1, "per_subject": True},
+            "shuffled_clip": {"recipes": [str(compare / "shuffled_clip.yaml")], "seeds": 1},
+        },
+        "criteria": [{"name": "CLIP-MUSED beats MS-EMB", "better": "clip_mused", "worse": "ms_emb"}],
+    }
+    path = tmp_path / "protocol.yaml"
+    path.write_text(yaml.safe_dump(protocol))
+    return path
+
+
+def test_protocol_runs_are_paired_by_seed_and_named(tmp_path, cohort):
+    protocol = Protocol.read(_protocol(tmp_path, cohort))
+    runs = protocol.runs({"nsd": ["subj01", "subj02"], "hcp": ["100610"]})
+    assert len(runs) == 2 * (2 + 2 + 1) + 2 + 1  # per dataset: 2+2 seeds, 1 shuffled; SS-ViT per subject
+    ss = [r for r in runs if r.method == "ss_vit" and r.dataset == "nsd"]
+    assert [r.subject for r in ss] == ["subj01", "subj02"]
+    assert "data.datasets.nsd.subjects=[subj01]" in ss[0].overrides and "run.seed=0" in ss[0].overrides
+    assert str(ss[0].directory(tmp_path)).endswith("nsd/ss_vit/s0/subj01")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"datasets": {"nsd": {}}, "methods": {"a": {"recipes": ["missing.yaml"]}}}))
+    with pytest.raises(RecipeError, match=r"missing\.yaml, which is not a file"):
+        Protocol.read(bad)
+    bad.write_text(
+        yaml.safe_dump(
+            {"datasets": {"nsd": {}}, "methods": {"a": {}}, "criteria": [{"name": "x", "better": "a", "worse": "b"}]}
+        )
+    )
+    with pytest.raises(RecipeError, match="criterion 'x' names method 'b'"):
+        Protocol.read(bad)
+
+
+def test_compare_end_to_end_and_resume(tmp_path, cohort):
+    protocol = _protocol(tmp_path, cohort)
+    out = tmp_path / "compare"
+    args = [
+        protocol,
+        "--shards",
+        f"nsd={cohort['nsd']}",
+        "--shards",
+        f"hcp={cohort['hcp']}",
+        "--out",
+        out,
+        "--jobs",
+        "2",
+    ]
+    done = run_launcher("compare", *args, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for dataset, subjects in (("nsd", ["subj01", "subj02", "subj03"]), ("hcp", ["100610", "102311"])):
+        for seed in range(2):
+            for method in ("clip_mused", "ms_emb"):
+                result = json.loads((out / dataset / method / f"s{seed}" / "eval.json").read_text())
+                assert result["checkpoint"].endswith("best")
+                assert set(result["subjects"]) == {f"{dataset}/{s}" for s in subjects}
+                assert "repeat_mean" in result
+            reliance = json.loads((out / dataset / "clip_mused" / f"s{seed}" / "reliance.json").read_text())
+            assert set(reliance) == {"own", "mean", "swapped", "zeroed"}
+        assert not (out / dataset / "ms_emb" / "s0" / "reliance.json").exists()
+        for s in subjects:
+            one = json.loads((out / dataset / "ss_vit" / "s0" / s / "eval.json").read_text())
+            assert set(one["subjects"]) == {f"{dataset}/{s}"}
+        config = yaml.safe_load((out / dataset / "ss_vit" / "s0" / subjects[0] / "config.yaml").read_text())
+        assert config["loss"]["weights"][dataset] == {"orth": 0.0, "llv": 0.0, "hlv": 0.0}  # baselines: BCE only
+        shuffled = yaml.safe_load((out / dataset / "shuffled_clip" / "s0" / "config.yaml").read_text())
+        assert shuffled["data"]["datasets"][dataset]["clip_features"] == "shuffled"
+        assert json.loads((out / dataset / "ridge" / "eval.json").read_text())["ridge"].keys() == {
+            f"{dataset}/{s}" for s in subjects
+        }
+        assert (out / dataset / "chance" / "eval.json").is_file()
+    # Rerun: every run has its eval.json, so nothing trains again (eval.json untouched).
+    stamp = (out / "nsd/clip_mused/s0/eval.json").stat().st_mtime_ns
+    again = run_launcher("compare", *args, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "0 runs of 15 to do" in again.stderr
+    assert (out / "nsd/clip_mused/s0/eval.json").stat().st_mtime_ns == stamp
+
+    from mused_fm.report.comparison import criteria_results, read_comparison
+
+    c = read_comparison(out)
+    assert set(c.scores["hcp"]) == {"clip_mused", "ms_emb", "ss_vit", "shuffled_clip"} and not c.missing
+    assert {r["dataset"] for r in criteria_results(c)} == {"nsd", "hcp"}
