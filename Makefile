@@ -113,34 +113,19 @@ demo: install
 	@echo "== 7/7 report -> $(DEMO_DIR)/report/report.md"
 	$(PY) launch/report.py $(DEMO_DIR) --shards $(DEMO_DIR)/shards/nsd --shards $(DEMO_DIR)/shards/hcp
 
-# The paper's comparison (SS-ViT, MS-SMODEL, MS-EMB) and the loss ablation on the demo cohort, after
-# `make demo`: layered recipes (recipes/compare/*.yaml) -> $(DEMO_DIR)/compare/<variant>/, each evaluated
-# on the test split; then the report again, which now includes them.
-COMPARE_RUNS ?= ms_smodel ms_emb no_llv no_hlv no_orth bce_only
-SS_NSD       ?= $(subst $(comma), ,$(DEMO_TRAIN_NSD))
-SS_HCP       ?= $(subst $(comma), ,$(DEMO_TRAIN_HCP))
-comma := ,
-EVAL = $(PY) launch/evaluate.py --checkpoint $(1)/export --shards $(DEMO_DIR)/shards/nsd \
-	--shards $(DEMO_DIR)/shards/hcp --split test --json $(1)/eval.json
-# SS-ViT: one single-subject run per subject of dataset $(1) (subjects $(2)), dataset $(3) dropped.
-define SS_VIT
-	@set -e; for s in $(2); do \
-		echo "== compare: SS-ViT $(1)/$$s -> $(DEMO_DIR)/compare/ss_vit/$(1)_$$s"; \
-		$(DS) $(TRAIN) recipes/compare/ss_vit.yaml run.out_dir=$(DEMO_DIR)/compare/ss_vit/$(1)_$$s $(LOCAL_URLS) \
-			data.datasets.$(3)=null data.datasets.$(1).subjects=$$s; \
-		$(PY) launch/evaluate.py --checkpoint $(DEMO_DIR)/compare/ss_vit/$(1)_$$s/export \
-			--shards $(DEMO_DIR)/shards/$(1) --split test --json $(DEMO_DIR)/compare/ss_vit/$(1)_$$s/eval.json; \
-	done
-endef
+# The paper's comparison on seeds, after `make demo` (its shards and its run, which the report is built around):
+# recipes/compare/protocol.yaml trains each dataset alone with CLIP-MUSED, MS-EMB and MS-SMODEL at 6 seeds,
+# SS-ViT, every loss-ablation subset and the shuffled-CLIP control at 3, in COMPARE_JOBS single-process
+# workers -> $(DEMO_DIR)/compare/<dataset>/<method>/s<seed>/, plus the ridge and chance baselines; then the
+# report again, which now shows means with 95% intervals, paired differences and the protocol's criteria.
+# Rerunning skips finished runs. About 20 min on 2 cores (docs/BENCHMARKS.md).
+COMPARE_PROTOCOL ?= recipes/compare/protocol.yaml
+COMPARE_JOBS     ?= 2
+COMPARE_ARGS     ?=
 demo-compare: install
 	@test -f $(DEMO_DIR)/run/export/model.safetensors || { echo "run make demo first (no $(DEMO_DIR)/run/export)"; exit 2; }
-	@set -e; for v in $(COMPARE_RUNS); do \
-		echo "== compare: $$v (recipes/compare/$$v.yaml) -> $(DEMO_DIR)/compare/$$v"; \
-		$(DS) $(TRAIN) recipes/compare/$$v.yaml run.out_dir=$(DEMO_DIR)/compare/$$v $(LOCAL_URLS); \
-		$(call EVAL,$(DEMO_DIR)/compare/$$v); \
-	done
-	$(call SS_VIT,nsd,$(SS_NSD),hcp)
-	$(call SS_VIT,hcp,$(SS_HCP),nsd)
+	$(PY) launch/compare.py $(COMPARE_PROTOCOL) --shards nsd=$(DEMO_DIR)/shards/nsd --shards hcp=$(DEMO_DIR)/shards/hcp \
+		--out $(DEMO_DIR)/compare --jobs $(COMPARE_JOBS) $(COMPARE_ARGS)
 	$(PY) launch/report.py $(DEMO_DIR) --shards $(DEMO_DIR)/shards/nsd --shards $(DEMO_DIR)/shards/hcp
 
 clean:

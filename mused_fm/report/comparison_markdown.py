@@ -52,6 +52,29 @@ def _difference_rows(rows: list[dict]) -> list[list[str]]:
     ]
 
 
+def _against_ridge(c: Comparison, dataset: str) -> list[str]:
+    """A sentence on how the best Transformer stands against the per-subject ridge decoder, and why."""
+    ridge = c.baselines.get(dataset, {}).get("ridge", {}).get("trial")
+    trained = {m: c.interval(dataset, m) for m in c.scores.get(dataset, {})}
+    if ridge is None or not trained:
+        return []
+    best = max(trained, key=lambda m: trained[m].mean)
+    gap = ridge - trained[best].mean
+    if gap <= 0:
+        return [
+            "",
+            f"The best Transformer ({label(best)}, {trained[best].text()}) reaches the ridge decoder ({ridge:.3f}).",
+        ]
+    return [
+        "",
+        f"The per-subject ridge decoder ({ridge:.3f}) is ahead of the best Transformer ({label(best)}, "
+        f"{trained[best].text()}) by {gap:.3f}. Ridge fits one linear map per subject in closed form; the Transformers "
+        "share one tokenizer and trunk across subjects whose inputs are not aligned (NSD's per-subject PCA axes), "
+        "and fit a few hundred samples per subject by gradient descent in a fixed step budget. docs/BENCHMARKS.md "
+        "(Why the Transformers trail ridge) has the measurements.",
+    ]
+
+
 def comparison_sections(c: Comparison, figure: str = "comparison.png", forest: str = "differences.png") -> list[str]:
     protocol = c.protocol
     seeds = ", ".join(f"{label(m)} {s['seeds']}" for m, s in protocol["methods"].items())
@@ -69,7 +92,7 @@ def comparison_sections(c: Comparison, figure: str = "comparison.png", forest: s
         "(random scores) are deterministic.",
     ]
     for dataset in c.datasets:
-        intro += ["", f"### {dataset}", "", _method_table(c, dataset)]
+        intro += ["", f"### {dataset}", "", _method_table(c, dataset), *_against_ridge(c, dataset)]
     diffs = differences(c, [*ORDERING, *(("clip_mused", a) for a in ABLATIONS), ("shuffled_clip", "bce_only")])
     sections = ["\n".join(intro)]
     if diffs:
