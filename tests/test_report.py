@@ -126,6 +126,24 @@ def test_new_subject_verdict_only_at_ten_percent():
     assert "target" not in markdown.new_subject(points, "nsd/subj06")
 
 
+def test_new_subject_aggregates_seeds_and_states_the_zero_shot_gain():
+    scores = {"AUC": 0.6, "hamming": 0.1}
+    points = [
+        *(
+            {"method": "tokens", "fraction": 0.1, "n_train": 10, "seed": k, "mAP": v, **scores}
+            for k, v in enumerate((0.26, 0.28, 0.30))
+        ),
+        {"method": "zero_shot", "fraction": 0.0, "n_train": 0, "seed": 0, "mAP": 0.20, **scores},
+        {"method": "in_pretraining", "fraction": 1.0, "n_train": 100, "seed": 0, "mAP": 0.30, **scores},
+    ]
+    text = markdown.new_subject(points, "nsd/subj06")
+    assert "token-only adaptation reaches test mAP 0.280 [0.230, 0.330] over 3 seed(s), 93% of the 0.300" in text
+    assert "met by the mean; the interval's lower end is 77%" in text
+    assert "Zero-shot (the mean token of the dataset's known subjects, no training): 0.200" in text
+    assert "10% +0.080" in text
+    assert "| tokens | 0.10 | 10 | 3 | 0.280 [0.230, 0.330] | 0.260, 0.280, 0.300 |" in text
+
+
 def test_inputs_of_a_demo_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a run directory"):
         find_inputs(tmp_path)

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mused_fm.files import atomic_path
+from mused_fm.stats import interval
 from mused_fm.subject_ids import dataset_of
 
 __all__ = [
@@ -43,19 +44,35 @@ def _save(fig: plt.Figure, path: Path) -> None:
 
 
 def plot_curve(points: list[dict], path: Path, subjects: str) -> None:
-    """Test mAP against the number of the new subjects' training samples, one line per method."""
+    """Test mAP against the new subjects' training samples: per method the mean over seeds with its 95%
+    interval and the seeds as dots; zero-shot and the subject in pretraining as horizontal lines."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for method, (label, color, marker) in STYLE.items():
-        pts = sorted((p for p in points if p["method"] == method), key=lambda p: p["n_train"])
-        if pts:
-            ax.plot([p["n_train"] for p in pts], [p["mAP"] for p in pts], marker=marker, color=color, label=label)
+        by_n: dict[int, list[float]] = {}
+        for p in points:
+            if p["method"] == method:
+                by_n.setdefault(p["n_train"], []).append(p["mAP"])
+        if not by_n:
+            continue
+        ns = sorted(by_n)
+        stats = [interval(by_n[n]) for n in ns]
+        errors = [
+            [0 if not np.isfinite(s.low) else s.mean - s.low for s in stats],
+            [0 if not np.isfinite(s.high) else s.high - s.mean for s in stats],
+        ]
+        ax.errorbar(ns, [s.mean for s in stats], yerr=errors, marker=marker, color=color, label=label, capsize=3)
+        for n in ns:
+            if len(by_n[n]) > 1:
+                ax.scatter([n] * len(by_n[n]), by_n[n], s=8, color=color, alpha=0.4)
     for p in points:
         if p["method"] == "in_pretraining":
             ax.axhline(p["mAP"], color="tab:green", linestyle="--", label="in pretraining (reference)")
             ax.axhline(0.9 * p["mAP"], color="tab:green", linestyle=":", linewidth=1, label="90% of reference")
+        if p["method"] == "zero_shot":
+            ax.axhline(p["mAP"], color="tab:purple", linestyle="-.", label="zero-shot (mean token)")
     ax.set_xscale("log")
     ax.set_xlabel("training samples of the new subject(s)")
-    ax.set_ylabel("test mAP")
+    ax.set_ylabel("test mAP (mean, 95% CI over seeds)")
     ax.set_title(f"New-subject data efficiency: {subjects}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

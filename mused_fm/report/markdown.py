@@ -11,10 +11,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from mused_fm.stats import interval
 from mused_fm.subject_ids import dataset_of
 
 __all__ = [
     "attention",
+    "curve_groups",
     "new_subject",
     "reliance",
     "subject_mean_map",
@@ -183,26 +185,59 @@ def token_similarity(sim: dict, added: Sequence[str] = ()) -> str:
     )
 
 
+def curve_groups(points: Sequence[dict]) -> dict[tuple[str, float], list[dict]]:
+    """Points of a new-subject sweep grouped by (method, fraction): one point per seed in each group."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for p in points:
+        groups.setdefault((p["method"], float(p["fraction"])), []).append(p)
+    return groups
+
+
 def new_subject(points: Sequence[dict], subjects_label: str, png: str = "curve.png", where: str = "adapt") -> str:
+    """The sweep's table (mean [95% CI] over seeds per method and fraction) and its sentences: token-only at
+    10% against the subject in pretraining, and the gain of fitting tokens over the untrained mean token."""
+    groups = curve_groups(points)
+    stats = {key: interval([p["mAP"] for p in pts]) for key, pts in groups.items()}
+    rows = [
+        [
+            method,
+            _f(fraction, 2),
+            str(pts[0]["n_train"]),
+            str(len(pts)),
+            stats[method, fraction].text(),
+            ", ".join(_f(p["mAP"]) for p in pts),
+            float(np.mean([p["AUC"] for p in pts])),
+        ]
+        for (method, fraction), pts in groups.items()
+    ]
     ref = next((p for p in points if p["method"] == "in_pretraining"), None)
-    rows = [[p["method"], _f(p["fraction"], 2), str(p["n_train"]), p["mAP"], p["AUC"], p["hamming"]] for p in points]
+    zero = next((p for p in points if p["method"] == "zero_shot"), None)
     text = []
-    tokens = sorted((p for p in points if p["method"] == "tokens"), key=lambda p: abs(p["fraction"] - 0.1))
+    tokens = sorted((k for k in groups if k[0] == "tokens"), key=lambda k: abs(k[1] - 0.1))
     if tokens and ref:
-        t = tokens[0]
-        share = t["mAP"] / ref["mAP"]
-        target = (
-            f" (target at 10%: at least 90%, {'met' if share >= 0.9 else 'not met'})" if t["fraction"] == 0.1 else ""
+        t = stats[tokens[0]]
+        share = t.mean / ref["mAP"]
+        target = ""
+        if tokens[0][1] == 0.1:
+            target = f" (target at 10%: at least 90%, {'met' if share >= 0.9 else 'not met'} by the mean"
+            target += f"; the interval's lower end is {t.low / ref['mAP']:.0%})" if t.n > 1 else ")"
+        text.append(
+            f"With {tokens[0][1]:.0%} of {subjects_label}'s training data ({groups[tokens[0]][0]['n_train']} samples), "
+            f"token-only adaptation reaches test mAP {t.text()} over {t.n} seed(s), {share:.0%} of the "
+            f"{_f(ref['mAP'])} the subject gets when it is part of pretraining{target}."
+        )
+    if zero and tokens:
+        gains = ", ".join(
+            f"{k[1]:.0%} {stats[k].mean - zero['mAP']:+.3f}" for k in sorted(k for k in groups if k[0] == "tokens")
         )
         text.append(
-            f"With {t['fraction']:.0%} of {subjects_label}'s training data ({t['n_train']} samples), token-only "
-            f"adaptation reaches test mAP {_f(t['mAP'])}, {share:.0%} of the {_f(ref['mAP'])} the subject gets "
-            f"when it is part of pretraining{target}."
+            f"Zero-shot (the mean token of the dataset's known subjects, no training): {_f(zero['mAP'])}; fitting the "
+            f"tokens adds, by fraction: {gains}."
         )
     for method in ("full", "scratch"):
-        best = [p for p in points if p["method"] == method and p["fraction"] == 1.0]
+        best = groups.get((method, 1.0))
         if best:
-            text.append(f"{STYLE_NAMES[method]} at 100%: {_f(best[0]['mAP'])}.")
+            text.append(f"{STYLE_NAMES[method]} at 100%: {stats[method, 1.0].text()}.")
     return "\n".join(
         [
             f"## New subject: data efficiency ({subjects_label}, {where}/)",
@@ -211,6 +246,6 @@ def new_subject(points: Sequence[dict], subjects_label: str, png: str = "curve.p
             "",
             " ".join(text),
             "",
-            table(["method", "fraction", "n_train", "mAP", "AUC", "Hamming"], rows),
+            table(["method", "fraction", "n_train", "seeds", "mAP mean [95% CI]", "per seed", "AUC (mean)"], rows),
         ]
     )
