@@ -56,7 +56,9 @@ def test_paper_settings():
     assert (w.orth, w.hlv, w.llv) == (1e-3, 1e-3, 1e-1)
 
 
-COMPARE = sorted((RECIPES[0].parent / "compare").glob("*.yaml"))
+COMPARE = sorted(
+    p for p in (RECIPES[0].parent / "compare").glob("*.yaml") if p.stem != "protocol"
+)  # protocol: not a recipe
 
 
 def _leaves(tree: dict, prefix: str = "") -> dict:
@@ -175,3 +177,38 @@ def test_an_adaptation_recipe_saves_and_reloads_without_model_or_data(tmp_path):
     assert load_recipe(tmp_path / "config.yaml", kind=AdaptRecipe) == recipe
     with pytest.raises(RecipeError, match=r"unknown key 'model'"):
         load_recipe(RECIPES[0].parent / "new_subject.yaml", ["model.depth=2"], kind=AdaptRecipe)
+
+
+COMPARE_DIR = Path(__file__).parents[1] / "recipes" / "compare"
+DEMO = Path(__file__).parents[1] / "recipes" / "demo.yaml"
+NO_GUIDANCE = {"orth": 0.0, "llv": 0.0, "hlv": 0.0}
+
+
+@pytest.mark.parametrize("name", ["ms_emb", "ms_smodel", "ss_vit"])
+def test_paper_baselines_train_with_the_classification_loss_only(name):
+    """The paper's appendix: SS-ViT, MS-SMODEL and MS-EMB have no CLIP guidance; their *_clip variants do."""
+    for base in (DEMO, Path(__file__).parents[1] / "recipes" / "nsd_hcp.yaml"):
+        recipe = load_recipe([base, COMPARE_DIR / f"{name}.yaml"])
+        for dataset in recipe.data.datasets:
+            assert vars(recipe.loss.for_dataset(dataset)) == NO_GUIDANCE, (base.name, dataset)
+        guided = load_recipe([base, COMPARE_DIR / f"{name}_clip.yaml"])
+        assert guided.loss == load_recipe(base).loss
+        assert guided.model.subject_tokens == recipe.model.subject_tokens
+    one_dataset = load_recipe([DEMO, COMPARE_DIR / f"{name}.yaml"], ["data.datasets.hcp=null"])
+    assert list(one_dataset.loss.weights) == ["nsd"]
+
+
+def test_comparison_protocol_names_existing_recipes_and_methods():
+    from mused_fm.compare import Protocol
+
+    protocol = Protocol.read(COMPARE_DIR / "protocol.yaml")
+    assert {m: protocol.methods[m].seeds for m in ("clip_mused", "ms_emb", "ms_smodel")} == dict.fromkeys(
+        ("clip_mused", "ms_emb", "ms_smodel"), 6
+    )
+    assert all(m.seeds >= 3 for m in protocol.methods.values())
+    assert protocol.methods["ss_vit"].per_subject and protocol.methods["clip_mused"].reliance
+    for spec in protocol.datasets.values():
+        for method in protocol.methods.values():
+            load_recipe(list((*protocol.base, *method.recipes)), [*protocol.common, *spec["overrides"]])
+    shuffled = load_recipe(list((*protocol.base, *protocol.methods["shuffled_clip"].recipes)))
+    assert {d.clip_features for d in shuffled.data.datasets.values()} == {"shuffled"}
