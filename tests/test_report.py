@@ -107,6 +107,18 @@ def test_comparison_reads_seeds_intervals_and_criteria(tmp_path):
     assert "| nsd | own - mean | 6 | 0.100 [0.100, 0.100]" in text
 
 
+def test_criteria_are_judged_per_dataset():
+    from mused_fm.report.comparison import Comparison, criteria_results
+
+    crit = {"name": "a beats b", "better": "a", "worse": "b", "expect": "above"}
+    c = Comparison(Path("x"), {"criteria": [crit]})
+    up, flat = {0: 0.6, 1: 0.7, 2: 0.65}, {0: 0.5, 1: 0.5, 2: 0.5}
+    c.scores = {"nsd": {"a": {"trial": up}, "b": {"trial": flat}}, "hcp": {"a": {"trial": flat}, "b": {"trial": up}}}
+    results = {r["dataset"]: r for r in criteria_results(c)}
+    assert results["nsd"]["passed"] is True and results["hcp"]["passed"] is False
+    assert results["hcp"]["interval"].mean == pytest.approx(-0.15)
+
+
 def test_subject_mean_map_averages_subjects_of_one_dataset():
     subj = metrics(nsd_s1=0.2, nsd_s2=0.4, hcp_a=0.9)["subjects"]
     assert markdown.subject_mean_map(subj, "nsd") == pytest.approx(0.3)

@@ -145,7 +145,7 @@ def criteria_results(c: Comparison, scoring: str = "trial") -> list[dict]:
     out = []
     for crit in c.protocol.get("criteria", []):
         for dataset in c.datasets:
-            found = differences(c, [(crit["better"], crit["worse"])], scoring)
+            found = [r for r in differences(c, [(crit["better"], crit["worse"])], scoring) if r["dataset"] == dataset]
             if not found or not math.isfinite(found[0]["interval"].low):
                 out.append({**crit, "dataset": dataset, "interval": None, "p": None, "passed": None})
                 continue
