@@ -69,9 +69,9 @@ def _against_ridge(c: Comparison, dataset: str) -> list[str]:
         "",
         f"The per-subject ridge decoder ({ridge:.3f}) is ahead of the best Transformer ({label(best)}, "
         f"{trained[best].text()}) by {gap:.3f}. Ridge fits one linear map per subject in closed form; the Transformers "
-        "share one tokenizer and trunk across subjects whose inputs are not aligned (NSD's per-subject PCA axes), "
+        "share one tokenizer and trunk across subjects (NSD's per-subject PCA leaves their inputs unaligned), "
         "and fit a few hundred samples per subject by gradient descent in a fixed step budget. docs/BENCHMARKS.md "
-        "(Why the Transformers trail ridge) has the measurements.",
+        "(Why the Transformers trailed ridge on NSD) has the measurements.",
     ]
 
 
