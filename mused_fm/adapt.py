@@ -16,29 +16,35 @@ Weight surgery and freezing happen before `deepspeed.initialize` (the engine's o
 parameters that are trainable when it is built), and the exported frozen weights are the fp32
 originals, not the engine's copies (which are bf16 on GPUs).
 
-Each adapt.methods x adapt.fractions run starts from its method's model with its trainable set declared
-in `METHODS`, fits a seeded share of the new subjects' training samples, and is scored on their test
-split: `tokens` (the routine above), `scratch` (a single-subject model trained from scratch on the same
-samples: the paper's SS-ViT) and `full` (the trunk, every subject token and the new subjects' datasets'
-tokenizers, position tables and heads, starting from the trained model); plus `in_pretraining`, the test
-score of a model pretrained with the subjects (adapt.reference). Each run logs to its own
-`runs/<method>_f<fraction>/metrics.jsonl`. The caller gets the points as data (`AdaptResult.curve`).
+The loss is the one the model was trained with: `load_adapt_recipe` puts the export's `loss` section
+(config.json) under the adaptation recipe, whose own loss keys win key by key.
+
+Each adapt.methods x adapt.fractions run (the token-only ones once per adapt.seeds, the others at the
+first seed) starts from its method's model with its trainable set declared in `METHODS`, fits a seeded
+share of the new subjects' training samples, and is scored on their test split: `tokens` (the routine
+above), `scratch` (a single-subject model trained from scratch on the same samples: the paper's SS-ViT)
+and `full` (the trunk, every subject token and the new subjects' datasets' tokenizers, position tables
+and heads, starting from the trained model); plus `zero_shot`, the mean-token start untrained
+(adapt.zero_shot, and every sweep), and `in_pretraining`, the test score of a model pretrained with the
+subjects (adapt.reference). Each run logs to its own `runs/<method>_f<fraction>_s<seed>/metrics.jsonl`.
+The caller gets the points as data (`AdaptResult.curve`).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from mused_fm.config import AdaptConfig, AdaptRecipe, recipe_from_dict, save_recipe
+from mused_fm.config import AdaptConfig, AdaptRecipe, LossConfig, load_recipe, recipe_from_dict, save_recipe
 from mused_fm.data.manifest import Manifest, check_compatible
 from mused_fm.data.pipeline import DatasetStream, eval_batches, split_batch
 from mused_fm.distributed import DistInfo, barrier, broadcast_value
@@ -47,15 +53,68 @@ from mused_fm.evaluate import evaluate_streams, mean_map
 from mused_fm.files import json_safe, write_json
 from mused_fm.model import MusedModel, SubjectRegistry, build_model, load_export
 from mused_fm.model.freeze import assert_unchanged, freeze_for_new_subjects, snapshot, train_only, trainable_summary
+from mused_fm.model.mused import CONFIG_NAME
 from mused_fm.subject_ids import dataset_of, name_of
 from mused_fm.train.engine import Engine, init_distributed
 from mused_fm.train.objective import Objective, batch_to_device
 from mused_fm.train.run_log import RunLog
 
-__all__ = ["METHODS", "AdaptResult", "adapt"]
+__all__ = ["METHODS", "AdaptResult", "adapt", "load_adapt_recipe"]
 
 logger = logging.getLogger("mused_fm.adapt")
 SPLITS = ("train", "val", "test")
+
+
+# --------------------------------------------------------------------------------------------
+# The recipe: the adaptation's keys over the loss the model was trained with
+# --------------------------------------------------------------------------------------------
+
+
+def load_adapt_recipe(path: str | Path | Sequence[str | Path] | None, overrides: Iterable[str] = ()) -> AdaptRecipe:
+    """The adaptation recipe at `path` with `overrides`, its loss taken from adapt.checkpoint's export.
+
+    Loaded once to find adapt.checkpoint, then again with the export's `loss` section (config.json: the
+    loss the model was trained with) as the layer under the YAML: the loss keys the recipe files or the
+    overrides set win, key by key, and every other one is the model's. An export written before exports
+    carried their loss keeps the recipe's loss, with a warning that names the file.
+    """
+    overrides = list(overrides)
+    recipe = load_recipe(path, overrides, kind=AdaptRecipe)
+    if not recipe.adapt.checkpoint:
+        return recipe  # adapt() names the missing key
+    config_path, config = _export_config(recipe.adapt.checkpoint)
+    if config is None:
+        return recipe  # no readable export: load_export names the problem
+    if "loss" not in config:
+        logger.warning(
+            "%s has no loss section (exported before exports carried their training loss): adapting with the "
+            "adaptation recipe's loss (%s). Set loss.weights.<dataset>.* to the weights the model was trained "
+            "with, or re-export it.",
+            config_path,
+            _describe(recipe.loss),
+        )
+        return recipe
+    # Named by its file if the export's section is not a valid loss.
+    recipe_from_dict({"loss": config["loss"]}, source=f"{config_path} (loss section)", kind=AdaptRecipe)
+    recipe = load_recipe(path, overrides, kind=AdaptRecipe, base={"loss": config["loss"]})
+    logger.info("loss: the model's (%s) where the adaptation recipe sets none: %s", config_path, _describe(recipe.loss))
+    return recipe
+
+
+def _export_config(checkpoint: str) -> tuple[Path, dict | None]:
+    """The export's config.json and its content (None if it cannot be read), found as load_export finds it."""
+    directory = Path(checkpoint)
+    path = (directory / "export" if (directory / "export").is_dir() else directory) / CONFIG_NAME
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return path, None
+    return path, config if isinstance(config, dict) else None
+
+
+def _describe(loss: LossConfig) -> str:
+    weights = "; ".join(f"{n} orth {w.orth:g} llv {w.llv:g} hlv {w.hlv:g}" for n, w in loss.weights.items())
+    return f"rsa_scope {loss.rsa_scope}; " + (weights or "every dataset the defaults")
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,9 +218,17 @@ class NewSubjects:
 def _tokens(base: MusedModel, new: NewSubjects, config: AdaptConfig, seed: int) -> MusedModel:
     """The trained model with the new subjects' rows; only those rows train."""
     model = copy.deepcopy(base)
+    torch.manual_seed(seed)  # adapt.init=random
     model.add_subjects(new.ids, init=config.init, replace=config.replace)
     freeze_for_new_subjects(model)
     return model
+
+
+def _zero_shot(base: MusedModel, new: NewSubjects, config: AdaptConfig) -> MusedModel:
+    """The trained model with the new subjects' rows at the mean of their dataset's known rows, untrained."""
+    model = copy.deepcopy(base)
+    model.add_subjects(new.ids, init="mean", replace=config.replace)
+    return model.eval()
 
 
 def _full(base: MusedModel, new: NewSubjects, config: AdaptConfig, seed: int) -> MusedModel:
@@ -170,6 +237,7 @@ def _full(base: MusedModel, new: NewSubjects, config: AdaptConfig, seed: int) ->
     Under ZeRO each trainable parameter must be in the graph, so other datasets' modules stay frozen.
     """
     model = copy.deepcopy(base)
+    torch.manual_seed(seed)  # adapt.init=random
     model.add_subjects(new.ids, init=config.init, replace=config.replace)
     reached: list[nn.Parameter] = [*model.trunk.parameters(), *model.subject_tokens.parameters()]
     for dataset in new.datasets:
@@ -202,6 +270,7 @@ METHODS: dict[str, Callable[[MusedModel, NewSubjects, AdaptConfig, int], MusedMo
 class RunResult:
     method: str
     fraction: float
+    seed: int
     n_train: int
     steps: int
     best_step: int
@@ -214,24 +283,32 @@ class RunResult:
 class AdaptResult:
     out: Path
     curve: list[dict]
-    """One point per method and fraction (and in_pretraining), on rank 0; empty on the other ranks."""
+    """One point per run (method, fraction and seed), zero_shot and in_pretraining, on rank 0; empty on the
+    other ranks."""
     subjects: list[str]
 
 
 def _fit(
-    model: MusedModel, method: str, fraction: float, new: NewSubjects, recipe: AdaptRecipe, dist: DistInfo, log: RunLog
+    model: MusedModel,
+    method: str,
+    fraction: float,
+    seed: int,
+    new: NewSubjects,
+    recipe: AdaptRecipe,
+    dist: DistInfo,
+    log: RunLog,
 ) -> RunResult:
-    """Train `model`'s trainable parameters on a `fraction` of the new subjects' samples."""
-    t, seed = recipe.train, recipe.run.seed
+    """Train `model`'s trainable parameters on a `fraction` of the new subjects' samples drawn with `seed`."""
+    t = recipe.train
     train = {d: s.subset(fraction, seed) for d, s in new.train_sets.items()}
     n_train = sum(len(s) for s in train.values())
     val = new.streams(model)
     sizes = split_batch(t.micro_batch_size, dict.fromkeys(train, 1.0))
     engine = Engine(Objective(model, recipe.loss), recipe, dist)
-    label = f"{method} @ {fraction:g} ({n_train} samples)"
+    label = f"{method} @ {fraction:g}, seed {seed} ({n_train} samples)"
     if dist.is_main:
         logger.info("%s: %s", label, trainable_summary(model))
-    best = RunResult(method, fraction, n_train, 0, 0, -math.inf, None, engine.dtype)
+    best = RunResult(method, fraction, seed, n_train, 0, 0, -math.inf, None, engine.dtype)
     stale, step = 0, 0
     for step in range(1, t.max_steps + 1):
         rng = np.random.default_rng([seed, dist.rank, step])
@@ -285,12 +362,33 @@ def _point(result: RunResult, metrics: dict) -> dict:
     return {
         "method": result.method,
         "fraction": result.fraction,
+        "seed": result.seed,
         "n_train": result.n_train,
         **_pooled(metrics),
         "steps": result.steps,
         "best_step": result.best_step,
         "val_mAP": result.val_mAP,
     }
+
+
+def _zero_shot_point(base: MusedModel, new: NewSubjects, config: AdaptConfig) -> dict:
+    """Rank 0: the untrained mean tokens scored like a run (validation mAP included), fraction 0."""
+    model = _zero_shot(base, new, config)
+    val = mean_map(json_safe(evaluate_streams(model, new.streams(model), "val", 256)))
+    result = RunResult(
+        "zero_shot", 0.0, config.seeds[0], 0, steps=0, best_step=0, val_mAP=val, state=None, dtype=torch.float32
+    )
+    return _point(result, new.test_metrics(model))
+
+
+def _runs(config: AdaptConfig) -> list[tuple[float, str, int]]:
+    """(fraction, method, seed) of every fine-tuning run: tokens at each seed, the others at the first."""
+    return [
+        (fraction, method, seed)
+        for fraction in config.fractions
+        for method in config.methods
+        for seed in (config.seeds if method == "tokens" else config.seeds[:1])
+    ]
 
 
 def _pooled(metrics: dict) -> dict:
@@ -314,10 +412,12 @@ def _reference(config: AdaptConfig) -> MusedModel | None:
 
 
 def adapt(recipe: AdaptRecipe) -> AdaptResult:
-    """Add recipe.adapt.subjects to the model at recipe.adapt.checkpoint, once per method and fraction.
+    """Add recipe.adapt.subjects to the model at recipe.adapt.checkpoint, once per method, fraction and seed.
 
-    Writes out/export (the token-only result at the largest fraction), out/eval.json (its test metrics),
-    out/curve.json (every point), out/config.yaml and out/runs/<method>_f<fraction>/metrics.jsonl.
+    Writes out/export (the token-only result at the largest fraction and the first seed, with the loss it
+    trained with), out/eval.json (its test metrics), out/curve.json (every point), out/config.yaml (the
+    recipe as resolved) and out/runs/<method>_f<fraction>_s<seed>/metrics.jsonl. The recipe's loss is used
+    as it is: load it with `load_adapt_recipe` to fit with the loss the model was trained with.
     """
     a = recipe.adapt
     if not a.checkpoint or not a.shards or not a.subjects:
@@ -330,41 +430,43 @@ def adapt(recipe: AdaptRecipe) -> AdaptResult:
     if dist.is_main:
         save_recipe(recipe, out / "config.yaml")
     points, export_model, export_metrics = [], None, None
-    for fraction in a.fractions:
-        for method in a.methods:
-            start = METHODS[method](base, new, a, recipe.run.seed)
-            before = snapshot(start) if method == "tokens" else None
-            keep = copy.deepcopy(start)  # the fp32 originals, untouched by DeepSpeed's casts and partitions
-            run_dir = out / "runs" / f"{method}_f{fraction:g}"
-            if dist.is_main:
-                run_dir.mkdir(parents=True, exist_ok=True)
-            log = RunLog(run_dir, recipe, dist.is_main, resume_step=0, total_steps=recipe.train.max_steps)
-            result = _fit(start, method, fraction, new, recipe, dist, log)
-            log.close()
-            if dist.is_main:
-                model = _finish(keep, before, result)
-                metrics = new.test_metrics(model)
-                points.append(_point(result, metrics))
-                logger.info("%s @ %g: test mAP %.4f", method, fraction, points[-1]["mAP"])
-                if method == "tokens" and fraction == max(a.fractions):
-                    export_model, export_metrics = model, metrics
-            barrier()
+    if dist.is_main and (a.zero_shot or set(a.methods) - {"tokens"}):
+        points.append(_zero_shot_point(base, new, a))
+        logger.info("zero_shot: test mAP %.4f", points[-1]["mAP"])
+    for fraction, method, seed in _runs(a):
+        start = METHODS[method](base, new, a, seed)
+        before = snapshot(start) if method == "tokens" else None
+        keep = copy.deepcopy(start)  # the fp32 originals, untouched by DeepSpeed's casts and partitions
+        run_dir = out / "runs" / f"{method}_f{fraction:g}_s{seed}"
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        log = RunLog(run_dir, recipe, dist.is_main, resume_step=0, total_steps=recipe.train.max_steps)
+        result = _fit(start, method, fraction, seed, new, recipe, dist, log)
+        log.close()
+        if dist.is_main:
+            model = _finish(keep, before, result)
+            metrics = new.test_metrics(model)
+            points.append(_point(result, metrics))
+            logger.info("%s @ %g, seed %d: test mAP %.4f", method, fraction, seed, points[-1]["mAP"])
+            if method == "tokens" and fraction == max(a.fractions) and seed == a.seeds[0]:
+                export_model, export_metrics = model, metrics
+        barrier()
     if dist.is_main:
         export_model.merge_new_subjects()
-        export_model.save_pretrained(out / "export")
+        export_model.save_pretrained(out / "export", loss=recipe.loss)
         write_json(out / "eval.json", export_metrics)
         logger.info(
-            "exported %s with %s added (token-only, fraction %g) to %s",
+            "exported %s with %s added (token-only, fraction %g, seed %d) to %s",
             a.checkpoint,
             ", ".join(new.ids),
             max(a.fractions),
+            a.seeds[0],
             out / "export",
         )
         if reference is not None:
             n_all = sum(len(s) for s in new.train_sets.values())
-            points.append(
-                {"method": "in_pretraining", "fraction": 1.0, "n_train": n_all, **_pooled(new.test_metrics(reference))}
-            )
+            pooled = _pooled(new.test_metrics(reference))
+            points.append({"method": "in_pretraining", "fraction": 1.0, "seed": a.seeds[0], "n_train": n_all, **pooled})
         write_json(out / "curve.json", points)
     barrier()
     return AdaptResult(out, points if dist.is_main else [], list(new.ids))

@@ -11,6 +11,7 @@ and suggests the closest valid one. The resolved recipe is written back with `sa
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -217,14 +218,21 @@ class AdaptConfig:
     """Global ids of the subjects to add, e.g. nsd/subj08."""
     out: str = "runs/adapt"
     """Output: export/ (the model with the new subjects), eval.json, curve.json, config.yaml and
-    runs/<method>_f<fraction>/metrics.jsonl."""
+    runs/<method>_f<fraction>_s<seed>/metrics.jsonl."""
     fractions: list[float] = field(default_factory=lambda: [1.0])
-    """Shares of each new subject's training samples (seeded subsets): one run per method and fraction.
-    The export is the token-only run at the largest fraction."""
+    """Shares of each new subject's training samples (seeded subsets): one run per method and fraction
+    (tokens: per seed too). The export is the token-only run at the largest fraction and the first seed."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds of the token-only runs: each draws its own subset of the training samples and its own data
+    order (scratch and full run at the first seed only). Adaptation reads these, not run.seed."""
     methods: list[Literal["tokens", "scratch", "full"]] = field(default_factory=lambda: ["tokens"])
     """tokens: the new subjects' two tokens only; scratch: a single-subject model from scratch (SS-ViT);
     full: trunk, subject tokens and the new subjects' datasets' tokenizers and heads, from the trained
-    model. Must include tokens."""
+    model. Must include tokens. A sweep (any method besides tokens) also scores zero-shot (adapt.zero_shot)."""
+    zero_shot: bool = False
+    """Also score the new subjects untrained, their tokens at the mean of their dataset's known subjects
+    (the init: mean start): curve.json's zero_shot point (fraction 0, n_train 0, the first seed). A sweep
+    (adapt.methods beyond tokens) always scores it."""
     reference: str = ""
     """Export of a model pretrained with the new subjects: the curve's in_pretraining point."""
     replace: bool = False
@@ -327,18 +335,25 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 
 def load_recipe(
-    path: str | Path | Sequence[str | Path] | None, overrides: Iterable[str] = (), kind: type[R] = Recipe
+    path: str | Path | Sequence[str | Path] | None,
+    overrides: Iterable[str] = (),
+    kind: type[R] = Recipe,
+    base: Mapping[str, Any] | None = None,
 ) -> R:
-    """Defaults, then the YAML at `path` (None: defaults only), then `section.key=value` overrides.
+    """Defaults, then `base`, then the YAML at `path` (None: defaults only), then `section.key=value` overrides.
 
     `kind` is the recipe type: Recipe (training, the default) or AdaptRecipe (new subjects).
 
     `path` may be a list of recipes: each is merged over the ones before it, so a small recipe that
     holds only what differs (recipes/compare/ms_emb.yaml: `model: {subject_tokens: one}`) layers on a
     full one (`deepspeed launch/train.py recipes/demo.yaml recipes/compare/ms_emb.yaml`).
+
+    `base` is a nested delta (as in a YAML file) under every file: what a recipe does not set comes from it,
+    key by key, before the code defaults (an adaptation takes its model's `loss` section this way:
+    mused_fm.adapt.load_adapt_recipe). It is not modified.
     """
     paths = [] if path is None else [path] if isinstance(path, str | Path) else list(path)
-    delta: dict[str, Any] = {}
+    delta: dict[str, Any] = copy.deepcopy(dict(base or {}))
     for layer in map(Path, paths):
         if not layer.is_file():
             raise RecipeError(f"recipe {str(layer)!r} does not exist; the recipes are in recipes/*.yaml.")
@@ -571,6 +586,8 @@ def _validate_adaptation(a: AdaptConfig) -> list[str]:
         issues.append(
             f"adapt.methods must list tokens (the export is the token-only result), each method once; got {a.methods}."
         )
+    if not a.seeds or min(a.seeds) < 0 or len(set(a.seeds)) != len(a.seeds):
+        issues.append(f"adapt.seeds must be distinct integers >= 0, at least one; got {a.seeds}.")
     if a.patience < 1:
         issues.append(f"adapt.patience must be >= 1, got {a.patience}.")
     return issues

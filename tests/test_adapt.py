@@ -17,6 +17,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from mused_fm.config import AdaptRecipe, RecipeError, recipe_from_dict
+
 from train_helpers import ROOT, deepspeed_run, pack_cohort, run_launcher, write_recipe
 
 pytestmark = pytest.mark.slow
@@ -65,8 +67,10 @@ def test_token_only_adaptation_changes_nothing_else(base, tmp_path):
         str(out),
         "train.max_steps=30",
         "train.eval_every=10",
+        "adapt.zero_shot=true",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p["method"] for p in json.loads((out / "curve.json").read_text())] == ["zero_shot", "tokens"]
     assert "subject_tokens.new (1, 2, 32) = 64 of" in proc.stderr  # 2 x D trainable numbers, said in the log
     assert_only_new_row_changed(base["export"], out / "export")
     registry = json.loads((out / "export" / "registry.json").read_text())["subjects"]
@@ -101,7 +105,15 @@ def test_two_rank_adaptation_through_the_recipe(base, tmp_path):
     assert_only_new_row_changed(base["export"], out / "export")
 
 
-def test_sweep_writes_the_curve_with_all_methods(base, tmp_path):
+def run_dirs(out: Path) -> dict[str, list[int]]:
+    """runs/<name>: the steps of its metrics.jsonl."""
+    return {
+        d.name: [json.loads(line)["step"] for line in (d / "metrics.jsonl").read_text().splitlines()]
+        for d in sorted((out / "runs").iterdir())
+    }
+
+
+def test_sweep_writes_the_curve_with_all_methods_seeds_and_zero_shot(base, tmp_path):
     common = ["--checkpoint", str(base["export"]), "--shards", str(base["nsd"]), "--subjects", "nsd/subj04"]
     # the reference must know the subject: the base model does not
     wrong = adapt(*common, "--fractions", "0.5,1.0", "--reference", str(base["export"]), "--out", str(tmp_path / "x"))
@@ -114,6 +126,8 @@ def test_sweep_writes_the_curve_with_all_methods(base, tmp_path):
         *common,
         "--fractions",
         "0.5,1.0",
+        "--seeds",
+        "3,1",
         "--reference",
         str(ref / "export"),
         "--out",
@@ -123,22 +137,64 @@ def test_sweep_writes_the_curve_with_all_methods(base, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     points = json.loads((out / "curve.json").read_text())
-    got = sorted((p["method"], p["fraction"]) for p in points)
-    assert got == sorted(
-        [(m, f) for m in ("tokens", "scratch", "full") for f in (0.5, 1.0)] + [("in_pretraining", 1.0)]
-    )
-    n_train = {p["fraction"]: p["n_train"] for p in points if p["method"] == "tokens"}
-    assert 0 < n_train[0.5] < n_train[1.0]
+    got = sorted((p["method"], p["fraction"], p["seed"]) for p in points)
+    tokens = [("tokens", f, s) for f in (0.5, 1.0) for s in (3, 1)]  # every seed; the others at the first
+    others = [(m, f, 3) for m in ("scratch", "full") for f in (0.5, 1.0)]
+    assert got == sorted([*tokens, *others, ("zero_shot", 0.0, 3), ("in_pretraining", 1.0, 3)])
+    assert all(type(p["seed"]) is int and {"n_train", "mAP", "AUC"} <= set(p) for p in points)
     assert all(0 <= p["mAP"] <= 1 for p in points)
+    n_train = {(p["fraction"], p["seed"]): p["n_train"] for p in points if p["method"] == "tokens"}
+    assert 0 < n_train[0.5, 3] == n_train[0.5, 1] < n_train[1.0, 3]
+    zero = next(p for p in points if p["method"] == "zero_shot")
+    assert zero["n_train"] == 0 and zero["steps"] == 0
+    # the export (and eval.json) is the token-only run at the largest fraction and the first seed
+    export_point = next(p for p in points if (p["method"], p["fraction"], p["seed"]) == ("tokens", 1.0, 3))
+    assert json.loads((out / "eval.json").read_text())["datasets"]["nsd"]["mAP"] == pytest.approx(export_point["mAP"])
     assert (out / "curve.png").stat().st_size > 1000
-    for method in ("tokens", "scratch", "full"):  # each run its own records, each step once
-        for fraction in (0.5, 1.0):
-            lines = (out / "runs" / f"{method}_f{fraction:g}" / "metrics.jsonl").read_text().splitlines()
-            steps = [json.loads(line)["step"] for line in lines]
-            assert steps and steps == sorted(set(steps)), (method, fraction, steps)
+    runs = run_dirs(out)  # each run its own records, each step once
+    assert sorted(runs) == sorted(f"{m}_f{f:g}_s{s}" for m, f, s in [*tokens, *others])
+    assert all(steps and steps == sorted(set(steps)) for steps in runs.values()), runs
+    # two seeds at one fraction: other samples drawn in another order, so another training trajectory
+    losses = {s: (out / "runs" / f"tokens_f0.5_s{s}" / "metrics.jsonl").read_text() for s in (3, 1)}
+    assert losses[3] != losses[1]
     saved = yaml.safe_load((out / "config.yaml").read_text())  # the resolved adaptation recipe
-    assert saved["adapt"]["fractions"] == [0.5, 1.0] and "model" not in saved and "data" not in saved
+    assert saved["adapt"]["fractions"] == [0.5, 1.0] and saved["adapt"]["seeds"] == [3, 1]
+    assert "model" not in saved and "data" not in saved
     assert_only_new_row_changed(base["export"], out / "export")
+
+
+def test_replace_relearns_a_pretraining_subject_over_fractions_and_seeds(base, tmp_path):
+    """nsd/subj01 was in pretraining: its row is dropped and learnt again; the base model is its reference."""
+    out = tmp_path / "replace"
+    proc = adapt(
+        *("--checkpoint", str(base["export"]), "--shards", str(base["nsd"]), "--subjects", "nsd/subj01"),
+        *("--replace", "--fractions", "0.5,1.0", "--seeds", "0,1", "--reference", str(base["export"])),
+        *("--out", str(out), "train.max_steps=6", "train.eval_every=3", "train.warmup_steps=1"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    points = json.loads((out / "curve.json").read_text())
+    got = sorted((p["method"], p["fraction"], p["seed"]) for p in points)
+    runs = [("tokens", f, s) for f in (0.5, 1.0) for s in (0, 1)] + [
+        (m, f, 0) for m in ("scratch", "full") for f in (0.5, 1.0)
+    ]
+    assert got == sorted([*runs, ("zero_shot", 0.0, 0), ("in_pretraining", 1.0, 0)])
+    assert sorted(run_dirs(out)) == sorted(f"{m}_f{f:g}_s{s}" for m, f, s in runs)
+    old_ids = json.loads((base["export"] / "registry.json").read_text())["subjects"]
+    new_ids = json.loads((out / "export" / "registry.json").read_text())["subjects"]
+    assert new_ids == [s for s in old_ids if s != "nsd/subj01"] + ["nsd/subj01"]
+    old, new = (
+        load_file(str(base["export"] / "model.safetensors")),
+        load_file(str(out / "export" / "model.safetensors")),
+    )
+    row = old_ids.index("nsd/subj01")
+    kept = [r for r in range(len(old_ids)) if r != row]
+    for key, value in old.items():
+        if key == "subject_tokens.table":
+            assert torch.equal(new[key][:-1], value[kept]), "other subjects' tokens moved"
+            mean = value[[old_ids.index("nsd/subj02"), old_ids.index("nsd/subj03")]].mean(0)
+            assert not torch.equal(new[key][-1], mean) and not torch.equal(new[key][-1], value[row])
+        else:
+            assert torch.equal(new[key], value), key
 
 
 def test_bad_input_is_named(base, tmp_path):
@@ -163,3 +219,21 @@ def test_bad_input_is_named(base, tmp_path):
     (no_val / "manifest.json").write_text(json.dumps(manifest))
     empty = adapt(*common, "--shards", str(no_val), "--subjects", "nsd/subj04")
     assert empty.returncode == 2 and "no 'val' samples for ['nsd/subj04']" in empty.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("adapt.seeds=[]", r"adapt\.seeds must be distinct integers >= 0, at least one; got \[\]"),
+        ("adapt.seeds=1,1", r"adapt\.seeds must be distinct"),
+        ("adapt.seeds=-1", r"adapt\.seeds must be distinct integers >= 0"),
+        ("adapt.seeds=0.5", r"adapt\.seeds: expected an integer, got 0\.5"),
+        ("adapt.zero_shot=maybe", r"adapt\.zero_shot: expected true or false, got 'maybe'"),
+    ],
+)
+def test_bad_seeds_and_zero_shot_are_named(override, pattern):
+    with pytest.raises(RecipeError, match=pattern):
+        recipe_from_dict({}, [override], kind=AdaptRecipe)
+    sweep = recipe_from_dict({}, ["adapt.seeds=0,1,2", "adapt.zero_shot=true"], kind=AdaptRecipe)
+    assert sweep.adapt.seeds == [0, 1, 2] and sweep.adapt.zero_shot
+    assert AdaptRecipe().adapt.seeds == [0] and not AdaptRecipe().adapt.zero_shot

@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mused_fm.config import DatasetConfig, ModelConfig, Recipe, recipe_from_dict
+from mused_fm.config import DatasetConfig, LossConfig, ModelConfig, Recipe, recipe_from_dict
 from mused_fm.errors import CheckpointError, MissingFileError, RecipeError, UnknownSubjectError
 from mused_fm.files import atomic_path, write_json
 from mused_fm.model.heads import MultiLabelHead
@@ -251,25 +251,38 @@ class MusedModel(nn.Module):
     # Export
     # ----------------------------------------------------------------------------------------
 
-    def export_config(self) -> dict:
-        return {
+    def export_config(self, loss: LossConfig | None = None) -> dict:
+        """config.json: the model section, the datasets' input specs and, when given, the training loss.
+
+        Args:
+            loss: the loss the weights were trained with, written as a recipe's `loss:` section
+                (recipe_to_dict); adaptation reads it back (mused_fm.adapt.load_adapt_recipe).
+        """
+        config = {
             "format": EXPORT_FORMAT,
             "model": dataclasses.asdict(self.config),
             "data": {"datasets": {n: dataclasses.asdict(ds) for n, ds in self.datasets.items()}},
         }
+        if loss is not None:
+            config["loss"] = dataclasses.asdict(loss)
+        return config
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, loss: LossConfig | None = None) -> None:
         """Write model.safetensors, config.json and registry.json; each file appears whole or not at all.
 
         Added subjects are folded into one (N+k)-row table, so the export loads as a plain model
         whose registry lists them after the old subjects.
+
+        Args:
+            loss: the loss the weights were trained with, kept in config.json (export_config); the trainer
+                and adaptation pass theirs, so that adapting the export fits with the same objective.
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in fold_new_rows(self.state_dict()).items()}
         with atomic_path(out / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt"})
-        write_json(out / CONFIG_NAME, self.export_config())
+        write_json(out / CONFIG_NAME, self.export_config(loss))
         self.registry.save(out / REGISTRY_NAME)
 
     @classmethod

@@ -271,7 +271,7 @@ class _Trainer:
             model = build_model(self.recipe, self.registry.ids)
             prefix = "model."
             model.load_state_dict({k[len(prefix) :]: v for k, v in state.items()}, strict=True)
-            model.save_pretrained(directory)
+            model.save_pretrained(directory, loss=self.recipe.loss)  # adaptation fits with the same loss
         barrier()
 
 
