@@ -67,6 +67,12 @@ DEMO_FRACTIONS ?= 0.01,0.05,0.1,0.25,1.0
 # make demo under 10 minutes on 2 cores (the NSD sweep runs all five).
 DEMO_NEW_FRACTIONS ?= 0.01,0.1,1.0
 DEMO_NEW_ARGS  ?= train.max_steps=160
+# Token-only runs of the sweeps at these seeds (scratch and full at the first); the sweeps also score zero-shot.
+DEMO_SEEDS     ?= 0,1,2
+# A subject of pretraining re-learnt by token-only fine-tuning (--replace): how much of its own tokens' score
+# token-only recovers -> adapt_replace/ (empty to skip).
+DEMO_REPLACE   ?= nsd/subj01
+DEMO_REPLACE_FRACTIONS ?= 0.1,1.0
 DEMO_ROI_DIM   ?= 16
 DEMO_ARGS      ?=
 DEMO_ADAPT_ARGS ?=
@@ -104,12 +110,17 @@ demo: install
 		data.datasets.hcp.subjects=$(DEMO_HCP)
 	@echo "== 6/7 $(DEMO_NEW) added by token-only fine-tuning, data-efficiency sweep -> $(DEMO_DIR)/adapt"
 	$(PY) launch/adapt_subject.py --checkpoint $(DEMO_DIR)/run/export --shards $(DEMO_DIR)/shards/$(call dataset_of,$(DEMO_NEW)) \
-		--subjects $(DEMO_NEW) --fractions $(DEMO_NEW_FRACTIONS) --reference $(DEMO_DIR)/run_with_new/export \
-		--out $(DEMO_DIR)/adapt $(DEMO_NEW_ARGS) $(DEMO_ADAPT_ARGS)
+		--subjects $(DEMO_NEW) --fractions $(DEMO_NEW_FRACTIONS) --seeds $(DEMO_SEEDS) \
+		--reference $(DEMO_DIR)/run_with_new/export --out $(DEMO_DIR)/adapt $(DEMO_NEW_ARGS) $(DEMO_ADAPT_ARGS)
 	$(if $(DEMO_NEW_NSD),@echo "== 6/7 $(DEMO_NEW_NSD) likewise -> $(DEMO_DIR)/adapt_nsd")
 	$(if $(DEMO_NEW_NSD),$(PY) launch/adapt_subject.py --checkpoint $(DEMO_DIR)/run/export --shards $(DEMO_DIR)/shards/nsd \
-		--subjects $(DEMO_NEW_NSD) --fractions $(DEMO_FRACTIONS) --reference $(DEMO_DIR)/run_with_new/export \
-		--out $(DEMO_DIR)/adapt_nsd $(DEMO_ADAPT_ARGS))
+		--subjects $(DEMO_NEW_NSD) --fractions $(DEMO_FRACTIONS) --seeds $(DEMO_SEEDS) \
+		--reference $(DEMO_DIR)/run_with_new/export --out $(DEMO_DIR)/adapt_nsd $(DEMO_ADAPT_ARGS))
+	$(if $(DEMO_REPLACE),@echo "== 6/7 $(DEMO_REPLACE) (in pretraining) re-learnt by token-only fine-tuning -> $(DEMO_DIR)/adapt_replace")
+	$(if $(DEMO_REPLACE),$(PY) launch/adapt_subject.py --checkpoint $(DEMO_DIR)/run/export \
+		--shards $(DEMO_DIR)/shards/$(call dataset_of,$(DEMO_REPLACE)) --subjects $(DEMO_REPLACE) --replace \
+		--fractions $(DEMO_REPLACE_FRACTIONS) --seeds $(DEMO_SEEDS) --reference $(DEMO_DIR)/run/export \
+		--out $(DEMO_DIR)/adapt_replace adapt.methods=tokens adapt.zero_shot=true $(DEMO_ADAPT_ARGS))
 	@echo "== 7/7 report -> $(DEMO_DIR)/report/report.md"
 	$(PY) launch/report.py $(DEMO_DIR) --shards $(DEMO_DIR)/shards/nsd --shards $(DEMO_DIR)/shards/hcp
 

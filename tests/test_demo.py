@@ -27,6 +27,9 @@ SMALL = {
     "DEMO_NEW_FRACTIONS": "0.25,1.0",
     "DEMO_ARGS": "train.max_steps=30 train.eval_every=15 train.save_every=30 train.log_every=5 train.warmup_steps=5",
     "DEMO_ADAPT_ARGS": "train.max_steps=20 train.eval_every=10",
+    "DEMO_SEEDS": "0,1",
+    "DEMO_REPLACE": "nsd/subj01",
+    "DEMO_REPLACE_FRACTIONS": "1.0",
 }
 
 
@@ -65,8 +68,15 @@ def test_make_demo_leaves_what_design_says(tmp_path):
     for where, new in (("adapt", "hcp/102816"), ("adapt_nsd", "nsd/subj05")):
         assert new in json.loads((demo / where / "export" / "registry.json").read_text())["subjects"]
         curve = json.loads((demo / where / "curve.json").read_text())
-        assert {p["method"] for p in curve} == {"tokens", "scratch", "full", "in_pretraining"}
-        assert {p["fraction"] for p in curve if p["method"] == "tokens"} == {0.25, 1.0}
+        assert {p["method"] for p in curve} == {"zero_shot", "tokens", "scratch", "full", "in_pretraining"}
+        assert {(p["fraction"], p["seed"]) for p in curve if p["method"] == "tokens"} == {
+            (f, s) for f in (0.25, 1.0) for s in (0, 1)
+        }
+        assert {p["seed"] for p in curve if p["method"] == "scratch"} == {0}
+    replace = json.loads((demo / "adapt_replace" / "curve.json").read_text())
+    assert {p["method"] for p in replace} == {"zero_shot", "tokens", "in_pretraining"}
+    own = evaluation["subjects"]["nsd/subj01"]["mAP"]  # the reference is the subject's own tokens in run/
+    assert next(p for p in replace if p["method"] == "in_pretraining")["mAP"] == pytest.approx(own, abs=1e-6)
 
     report = (demo / "report" / "report.md").read_text()
     headings = (
@@ -77,6 +87,7 @@ def test_make_demo_leaves_what_design_says(tmp_path):
         "Similarity of subject tokens",
         "New subject: data efficiency (hcp/102816, adapt/)",
         "New subject: data efficiency (nsd/subj05, adapt_nsd/)",
+        "New subject: data efficiency (nsd/subj01, adapt_replace/)",
     )
     for heading in headings:
         assert f"## {heading}" in report
@@ -93,23 +104,37 @@ def test_make_demo_leaves_what_design_says(tmp_path):
     for name, d in evaluation["datasets"].items():
         assert computed["datasets"][name]["mAP"] == pytest.approx(d["mAP"], abs=1e-6)
 
-    compare = make(
-        "demo-compare",
-        demo,
-        timeout=900,
-        COMPARE_RUNS="ms_emb no_orth",
-        SS_NSD="subj01",
-        SS_HCP="100610",
-        DEMO_ARGS=SMALL["DEMO_ARGS"].replace("max_steps=30", "max_steps=10"),
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text(
+        yaml.safe_dump(
+            {
+                "base": [str(ROOT / "recipes" / "demo.yaml")],
+                "common": ["train.max_steps=6", "train.eval_every=3", "train.warmup_steps=1", "train.num_workers=0"],
+                "datasets": {
+                    "nsd": {"overrides": ["data.datasets.hcp=null", "data.datasets.nsd.subjects=[subj01,subj02]"]},
+                    "hcp": {"overrides": ["data.datasets.nsd=null"], "per_subject": ["train.max_steps=3"]},
+                },
+                "methods": {
+                    "clip_mused": {"seeds": 2, "reliance": True},
+                    "ms_emb": {"recipes": [str(ROOT / "recipes" / "compare" / "ms_emb.yaml")], "seeds": 2},
+                    "ss_vit": {
+                        "recipes": [str(ROOT / "recipes" / "compare" / "ss_vit.yaml")],
+                        "seeds": 1,
+                        "per_subject": True,
+                    },
+                },
+                "criteria": [{"name": "CLIP-MUSED beats MS-EMB", "better": "clip_mused", "worse": "ms_emb"}],
+            }
+        )
     )
+    compare = make("demo-compare", demo, timeout=900, COMPARE_PROTOCOL=str(protocol))
     assert compare.returncode == 0, compare.stdout[-3000:] + compare.stderr[-3000:]
-    for variant in ("ms_emb", "no_orth", "ss_vit/nsd_subj01", "ss_vit/hcp_100610"):
-        assert json.loads((demo / "compare" / variant / "eval.json").read_text())["subjects"], variant
-    ss_config = yaml.safe_load((demo / "compare" / "ss_vit" / "nsd_subj01" / "config.yaml").read_text())
-    assert list(ss_config["data"]["datasets"]) == ["nsd"] and ss_config["data"]["datasets"]["nsd"]["subjects"] == [
-        "subj01"
-    ]
-    assert yaml.safe_load((demo / "compare" / "ms_emb" / "config.yaml").read_text())["model"]["subject_tokens"] == "one"
+    for dataset in ("nsd", "hcp"):
+        for run_dir in ("clip_mused/s1", "ms_emb/s0", "ss_vit/s0"):
+            assert list((demo / "compare" / dataset / run_dir).rglob("eval.json")), (dataset, run_dir)
+        assert (demo / "compare" / dataset / "ridge" / "eval.json").is_file()
     report = (demo / "report" / "report.md").read_text()
-    assert "## The paper's comparison" in report and "## Loss ablation" in report
-    assert "lacks ['MS-SMODEL']" in report  # not run here, and the report says so
+    for heading in ("The paper's comparison, over seeds", "Paired differences and the criteria fixed before the runs"):
+        assert f"## {heading}" in report
+    assert "| CLIP-MUSED beats MS-EMB | nsd |" in report and "| ridge per subject | - |" in report
+    assert (demo / "report" / "comparison.png").is_file() and (demo / "report" / "differences.png").is_file()

@@ -74,6 +74,14 @@ def _streams(recipe, model, shard_urls: list[str], notes: list[str]) -> dict[str
     return streams
 
 
+def _adapted_subjects(path: Path) -> list[str]:
+    """adapt.subjects of a sweep directory's config.yaml (empty if it cannot be read)."""
+    try:
+        return list((yaml.safe_load((path / "config.yaml").read_text()) or {}).get("adapt", {}).get("subjects", []))
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+
+
 def _comparison(compare: Comparison, out: Path) -> list[str]:
     """The comparison's figures and sections (intervals over seeds, baselines, differences, criteria)."""
     panels = {}
@@ -156,8 +164,7 @@ def write_report(root: str | Path, shards: list[str] = (), attention_samples: in
         figures.plot_token_similarity(sim, out / "tokens.png")
         sections.append(markdown.token_similarity(sim, [s for s in sim["ids"] if s not in model.registry.ids]))
     for path, points in inputs.adapts.items():
-        added = [s for s in adapted[path].registry.ids if s not in model.registry.ids] if path in adapted else []
-        label = ", ".join(added) or path.name
+        label = ", ".join(_adapted_subjects(path)) or path.name  # new subjects, or re-learnt ones (--replace)
         figures.plot_curve(points, out / f"curve_{path.name}.png", label)
         sections.append(markdown.new_subject(points, label, f"curve_{path.name}.png", path.name))
     if compare is not None and compare.missing:
