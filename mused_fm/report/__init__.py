@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from mused_fm.baselines import chance_metrics
 from mused_fm.config import Recipe, recipe_from_dict
 from mused_fm.data.pipeline import DatasetStream
 from mused_fm.evaluate import evaluate_streams, open_for_model
@@ -138,7 +139,7 @@ def write_report(root: str | Path, shards: list[str] = (), attention_samples: in
     sections.append(markdown.training(train, val, datasets))
     reliance = token_reliance(model, streams) if streams else None
     if main is not None:
-        chance = {name: analysis.chance_map(s) for name, s in streams.items()}
+        chance = {name: chance_metrics(s)["datasets"][name]["mAP"] for name, s in streams.items()}
         figures.plot_subject_metrics(main["subjects"], out / "subjects.png")
         sections.append(markdown.subjects(main, chance))
     compare = read_comparison(inputs.root / "compare")

@@ -15,7 +15,7 @@ import torch
 from mused_fm.data.pipeline import DatasetStream, eval_batches
 from mused_fm.model import MusedModel
 
-__all__ = ["chance_map", "readout_attention_by_subject", "token_names", "token_similarity"]
+__all__ = ["readout_attention_by_subject", "token_names", "token_similarity"]
 
 
 def token_names(model: MusedModel, stream: DatasetStream) -> list[str]:
@@ -88,13 +88,3 @@ def token_similarity(model: MusedModel, adapted: Sequence[MusedModel] = ()) -> d
     unit = torch.nn.functional.normalize(torch.cat(rows).double(), dim=-1)  # (N, S, D)
     sims = torch.einsum("isd,jsd->sij", unit, unit).numpy()  # (S, N, N)
     return {"ids": ids, "llv": sims[0], "hlv": sims[-1]}
-
-
-def chance_map(stream: DatasetStream, split: str = "test", batch_size: int = 256) -> float:
-    """mAP of a random ranking: the mean prevalence of the classes that have positives in the split."""
-    positives, n = 0, 0
-    for batch in eval_batches(stream, split, batch_size):
-        positives = positives + batch["labels"].double().sum(0)
-        n += len(batch["labels"])
-    prevalence = (positives / max(n, 1)).numpy()
-    return float(prevalence[prevalence > 0].mean()) if n else float("nan")

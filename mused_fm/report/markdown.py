@@ -86,7 +86,7 @@ def subjects(metrics: dict, chance: Mapping[str, float]) -> str:
             f"{name}: test mAP {_f(d['mAP'])} pooled over {d['n']} samples, {_f(d['subject_mean']['mAP'])} averaged "
             f"over {len(own)} subjects (range {_f(min(own))}-{_f(max(own))}); AUC {_f(d['AUC'])}, Hamming "
             f"{_f(d['hamming'], 4)}"
-            + (f"; a random ranking would score mAP {_f(chance[name])}." if name in chance else ".")
+            + (f"; random scores would score mAP {_f(chance[name])} (mean of 20 draws)." if name in chance else ".")
         )
     return "\n".join(
         [
