@@ -30,7 +30,7 @@ ALPHAS = tuple(10.0**k for k in range(-4, 3))  # relative to the mean squared no
 
 @dataclass
 class SplitArrays:
-    """One subject's split: inputs flattened to (N, P) float64, labels (N, C), stimulus ids (N,)."""
+    """One subject's split: inputs flattened to (N, P) float32, labels (N, C), stimulus ids (N,)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -38,9 +38,12 @@ class SplitArrays:
 
     @classmethod
     def read(cls, stream: DatasetStream, split: str) -> SplitArrays:
+        """The split of the stream's one subject; volumes keep the subject's masked voxels only."""
+        mask = stream.masks.get(stream.subjects[0]) if len(stream.subjects) == 1 else None
         xs, ys, stimuli = [], [], []
         for batch in eval_batches(stream, split, batch_size=256):
-            xs.append(batch["bold"].double().numpy().reshape(len(batch["labels"]), -1))
+            x = batch["bold"].numpy().reshape(len(batch["labels"]), -1)
+            xs.append((x if mask is None else x[:, mask]).astype(np.float32))  # (N, P), P masked voxels
             ys.append(batch["labels"].numpy())
             stimuli.extend(batch["stimulus"])
         if not xs:
@@ -50,13 +53,13 @@ class SplitArrays:
 
 def fit_ridge(x_NP: np.ndarray, y_NC: np.ndarray, alpha: float):
     """The ridge predictor of one subject: a function (M, P) -> (M, C) scores."""
-    mean_x, mean_y = x_NP.mean(0), y_NC.mean(0)
-    xc = x_NP - mean_x
-    gram = xc @ xc.T
+    mean_x, mean_y = x_NP.mean(0, dtype=np.float64), y_NC.mean(0)
+    xc = x_NP - mean_x.astype(x_NP.dtype)
+    gram = (xc @ xc.T).astype(np.float64)  # (N, N): N is a few hundred to a few thousand
     lam = alpha * float(np.mean(np.diag(gram)))
     dual = np.linalg.solve(gram + lam * np.eye(len(gram)), y_NC - mean_y)  # (N, C)
-    weights = xc.T @ dual  # (P, C)
-    return lambda x: (x - mean_x) @ weights + mean_y
+    weights = (xc.T @ dual.astype(xc.dtype)).astype(np.float64)  # (P, C)
+    return lambda x: (np.asarray(x, np.float64) - mean_x) @ weights + mean_y
 
 
 def ridge_metrics(stream: DatasetStream, alphas: tuple[float, ...] = ALPHAS) -> dict:

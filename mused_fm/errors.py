@@ -34,6 +34,10 @@ class UnknownSubjectError(MusedError):
     """A global subject id is not in a model's registry or a shard set's manifest."""
 
 
+class ClipTargetError(MusedError):
+    """The CLIP features a run asked for cannot be found (a stimulus missing from the shuffled-CLIP cache)."""
+
+
 class CheckpointError(MusedError):
     """An export or run directory cannot be read as one (missing files, wrong layout)."""
 

@@ -12,7 +12,7 @@ from mused_fm.data import storage
 from mused_fm.data.clip_targets import CLIP_CACHE
 from mused_fm.data.manifest import Manifest
 from mused_fm.data.pipeline import DatasetStream, eval_batches
-from mused_fm.errors import MissingFileError
+from mused_fm.errors import ClipTargetError, MissingFileError
 
 from train_helpers import pack_cohort
 
@@ -60,3 +60,17 @@ def test_missing_cache_is_a_named_error(nsd, tmp_path):
     (copy / CLIP_CACHE).unlink()
     with pytest.raises(MissingFileError, match=r"clip_features=shuffled needs the CLIP feature cache"):
         DatasetStream(Manifest.read(str(copy)), {}, shuffled_clip=0)
+
+
+def test_a_stimulus_missing_from_the_cache_stops_the_stream_by_name(nsd, tmp_path):
+    """Not a damaged record to skip: a control that silently trained on less data than BCE-only would mislead."""
+    copy = tmp_path / "nsd"
+    shutil.copytree(nsd, copy)
+    with np.load(copy / CLIP_CACHE) as f:
+        kept = {k: f[k][::2] for k in f.files}  # every other stimulus
+    np.savez(copy / CLIP_CACHE, **kept)
+    stream = DatasetStream(
+        Manifest.read(str(copy)), {s: i for i, s in enumerate(Manifest.read(str(copy)).subjects)}, shuffled_clip=0
+    )
+    with pytest.raises(ClipTargetError, match=r"not in the cache .*clip_features=own"):
+        _samples(stream)

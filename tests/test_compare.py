@@ -115,3 +115,45 @@ def test_compare_end_to_end_and_resume(tmp_path, cohort):
     c = read_comparison(out)
     assert set(c.scores["hcp"]) == {"clip_mused", "ms_emb", "ss_vit", "shuffled_clip"} and not c.missing
     assert {r["dataset"] for r in criteria_results(c)} == {"nsd", "hcp"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"criteria": [{"name": "x", "better": "a", "worse": "a", "expect": "Above"}]}, r"expect above or not_above"),
+        ({"criteria": [{"name": "x", "better": "a"}]}, r"needs name, better and worse"),
+        (
+            {"datasets": {"nsd": {"per-subject": ["train.max_steps=3"]}}},
+            r"datasets\.nsd has unknown keys \['per-subject'\]",
+        ),
+        ({"methods": {"a": {"seeds": 0}}}, r"methods\.a\.seeds must be a whole number >= 1"),
+        ({"common": "train.max_steps=3"}, r"common must be a list of strings"),
+    ],
+)
+def test_protocol_mistakes_are_named(tmp_path, edit, message):
+    protocol = {"datasets": {"nsd": {}}, "methods": {"a": {}}, **edit}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(protocol))
+    with pytest.raises(RecipeError, match=message):
+        Protocol.read(path)
+
+
+def test_finished_runs_of_another_protocol_are_not_reused_and_protocol_json_accumulates(tmp_path):
+    from mused_fm.compare.runner import _check_done_runs, _run_spec, _write_protocol
+    from mused_fm.errors import InputError
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"datasets": {"nsd": {}, "hcp": {}}, "methods": {"a": {"seeds": 1}}}))
+    protocol = Protocol.read(path)
+    runs = protocol.runs({"nsd": ["s1"], "hcp": ["h1"]})
+    done = runs[0].directory(tmp_path) / "eval.json"
+    done.parent.mkdir(parents=True)
+    done.write_text(json.dumps({"run": _run_spec(runs[0])}))
+    _check_done_runs(runs, tmp_path)  # trained as the protocol says: reused
+    done.write_text(json.dumps({"run": {**_run_spec(runs[0]), "overrides": ["train.max_steps=1"]}}))
+    with pytest.raises(InputError, match="trained with other recipes or overrides"):
+        _check_done_runs(runs, tmp_path)
+    _write_protocol(protocol, tmp_path, {"nsd": "shards/nsd"}, {"nsd": ["s1"]})
+    _write_protocol(protocol, tmp_path, {"hcp": "shards/hcp"}, {"hcp": ["h1"]})
+    written = json.loads((tmp_path / "protocol.json").read_text())
+    assert written["subjects"] == {"nsd": ["s1"], "hcp": ["h1"]} and set(written["shards"]) == {"nsd", "hcp"}

@@ -4,10 +4,10 @@ Layers, bottom up (a module may import its own package and any lower layer, noth
     0  errors (the named errors)
     1  small shared modules: subject_ids, files, log, machine, flops, distributed
     2  config, entry (how entry points end)
-    3  data, model, metrics, recipe_reference (the README's recipe table, from config)
+    3  data, model, metrics, stats, recipe_reference (the README's recipe table, from config)
     4  losses (reads the model's outputs), evaluate
-    5  train (the only package that imports deepspeed)
-    6  adapt, report, shards_tools
+    5  train (the only package that imports deepspeed), baselines, token_reliance
+    6  adapt, compare, report, shards_tools
     7  bench (it times the shard tools, the model and the loader)
     8  launch/
 Imports inside functions count: a lazy import is still a dependency.

@@ -107,6 +107,19 @@ def test_comparison_reads_seeds_intervals_and_criteria(tmp_path):
     assert "| nsd | own - mean | 6 | 0.100 [0.100, 0.100]" in text
 
 
+def test_a_subject_without_mAP_is_left_out_of_the_seed_mean(tmp_path):
+    """A subject whose test split has no positive class has mAP NaN, written as null in eval.json."""
+    from mused_fm.report.comparison import read_comparison
+
+    compare = tmp_path / "compare"
+    methods = {"a": {"seeds": 1, "per_subject": False, "reliance": False}}
+    _write(
+        compare / "protocol.json", {"path": "p", "methods": methods, "criteria": [], "subjects": {"nsd": ["s1", "s2"]}}
+    )
+    _write(compare / "nsd/a/s0/eval.json", _eval({"nsd/s1": None, "nsd/s2": 0.5}))
+    assert read_comparison(compare).scores["nsd"]["a"]["trial"] == {0: 0.5}
+
+
 def test_criteria_are_judged_per_dataset():
     from mused_fm.report.comparison import Comparison, criteria_results
 

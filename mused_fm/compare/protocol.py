@@ -98,35 +98,63 @@ class Protocol:
                 found.append(str(p))
             return tuple(found)
 
-        unknown = sorted(set(raw) - {"base", "common", "datasets", "methods", "criteria"})
-        if unknown:
-            raise RecipeError(f"{path}: unknown keys {unknown}; expected base, common, datasets, methods, criteria.")
-        datasets = {
-            name: {"overrides": tuple(d.get("overrides", ())), "per_subject": tuple(d.get("per_subject", ()))}
-            for name, d in (raw.get("datasets") or {}).items()
-        }
+        def strings(value, key) -> tuple[str, ...]:
+            if value is None:
+                return ()
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise RecipeError(
+                    f"{path}: {key} must be a list of strings, e.g. [train.max_steps=100]; got {value!r}."
+                )
+            return tuple(value)
+
+        def keys(mapping, allowed, key) -> dict:
+            mapping = mapping or {}
+            if not isinstance(mapping, dict):
+                raise RecipeError(f"{path}: {key} must be a mapping with keys {sorted(allowed)}; got {mapping!r}.")
+            extra = sorted(set(mapping) - set(allowed))
+            if extra:
+                raise RecipeError(f"{path}: {key} has unknown keys {extra}; expected some of {sorted(allowed)}.")
+            return mapping
+
+        raw = keys(raw, ("base", "common", "datasets", "methods", "criteria"), "the protocol")
+        datasets = {}
+        for name, d in (raw.get("datasets") or {}).items():
+            d = keys(d, ("overrides", "per_subject"), f"datasets.{name}")
+            datasets[name] = {
+                "overrides": strings(d.get("overrides"), f"datasets.{name}.overrides"),
+                "per_subject": strings(d.get("per_subject"), f"datasets.{name}.per_subject"),
+            }
         methods = {}
         for name, m in (raw.get("methods") or {}).items():
-            m = dict(m or {})
-            extra = sorted(set(m) - {"recipes", "overrides", "seeds", "per_subject", "reliance"})
-            if extra:
-                raise RecipeError(f"{path}: methods.{name} has unknown keys {extra}.")
+            m = keys(m, ("recipes", "overrides", "seeds", "per_subject", "reliance"), f"methods.{name}")
+            seeds = m.get("seeds", 3)
+            if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+                raise RecipeError(f"{path}: methods.{name}.seeds must be a whole number >= 1; got {seeds!r}.")
             methods[name] = Method(
                 name,
-                recipes(m.get("recipes"), f"methods.{name}.recipes"),
-                tuple(m.get("overrides", ())),
-                int(m.get("seeds", 3)),
+                recipes(strings(m.get("recipes"), f"methods.{name}.recipes"), f"methods.{name}.recipes"),
+                strings(m.get("overrides"), f"methods.{name}.overrides"),
+                seeds,
                 bool(m.get("per_subject", False)),
                 bool(m.get("reliance", False)),
             )
-        criteria = [Criterion(**c) for c in raw.get("criteria") or []]
+        criteria = []
+        for i, c in enumerate(raw.get("criteria") or []):
+            c = keys(c, ("name", "better", "worse", "expect"), f"criteria[{i}]")
+            missing = [k for k in ("name", "better", "worse") if k not in c]
+            if missing or c.get("expect", "above") not in ("above", "not_above"):
+                raise RecipeError(
+                    f"{path}: criteria[{i}] needs name, better and worse, and expect above or not_above; got {c!r}."
+                )
+            criteria.append(Criterion(**c))
         for c in criteria:
             for side in (c.better, c.worse):
                 if side not in methods:
                     raise RecipeError(f"{path}: criterion {c.name!r} names method {side!r}, not in methods.")
         if not datasets or not methods:
             raise RecipeError(f"{path}: a protocol needs datasets and methods.")
-        return cls(path, recipes(raw.get("base"), "base"), tuple(raw.get("common", ())), datasets, methods, criteria)
+        base = recipes(strings(raw.get("base"), "base"), "base")
+        return cls(path, base, strings(raw.get("common"), "common"), datasets, methods, criteria)
 
     def runs(self, subjects: dict[str, list[str]], only: list[str] | None = None) -> list[Run]:
         """Every run of the protocol; `subjects`: dataset -> subject names (for per-subject methods)."""

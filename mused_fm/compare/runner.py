@@ -9,6 +9,7 @@ run that fails is named at the end and the others go on.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import multiprocessing
 import os
@@ -19,7 +20,7 @@ import torch
 
 from mused_fm.baselines import chance_metrics, ridge_metrics
 from mused_fm.compare.protocol import Protocol, Run
-from mused_fm.config import load_recipe
+from mused_fm.config import Recipe, load_recipe
 from mused_fm.data.manifest import Manifest
 from mused_fm.data.pipeline import DatasetStream
 from mused_fm.errors import InputError
@@ -56,7 +57,8 @@ def run_protocol(
         raise InputError(f"datasets {unknown} are not in the protocol {protocol.path} ({sorted(protocol.datasets)}).")
     subjects = {d: _trained_subjects(protocol, d, shards[d]) for d in chosen}
     runs = protocol.runs(subjects, chosen)
-    write_json(out / "protocol.json", {**protocol.as_dict(), "shards": shards, "subjects": subjects})
+    _check_done_runs(runs, out)
+    _write_protocol(protocol, out, {d: shards[d] for d in chosen}, subjects)
     todo = [r for r in runs if not (r.directory(out) / EVAL).is_file()]
     tasks = [(_train_and_evaluate, (r, shards[r.dataset], str(out))) for r in todo]
     tasks += [(_baselines, (d, shards[d], subjects[d], str(out))) for d in chosen if not _baselines_done(out, d)]
@@ -85,16 +87,56 @@ def _label(item) -> str:
     return f"{item}/baselines"
 
 
+def _write_protocol(protocol: Protocol, out: Path, shards: dict[str, str], subjects: dict[str, list[str]]) -> None:
+    """OUT/protocol.json: the protocol and, per dataset run so far (this call's and earlier calls'), its shards
+    and subjects; a run with --datasets nsd then one with --datasets hcp leaves both."""
+    path = out / "protocol.json"
+    before = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(
+        path,
+        {
+            **protocol.as_dict(),
+            "shards": {**before.get("shards", {}), **shards},
+            "subjects": {**before.get("subjects", {}), **subjects},
+        },
+    )
+
+
+def _run_spec(run: Run) -> dict:
+    """What makes a run: stored in its eval.json, so a rerun under a changed protocol is caught."""
+    return {"recipes": list(run.recipes), "overrides": list(run.overrides)}
+
+
+def _check_done_runs(runs: list[Run], out: Path) -> None:
+    """Finished runs must have been trained as the protocol now says, or their results would be reused silently."""
+    changed = []
+    for run in runs:
+        path = run.directory(out) / EVAL
+        if path.is_file() and json.loads(path.read_text()).get("run", _run_spec(run)) != _run_spec(run):
+            changed.append(str(path.parent))
+    if changed:
+        raise InputError(
+            f"{len(changed)} finished runs under {out} were trained with other recipes or overrides than the protocol "
+            f"now gives them (first: {changed[0]}); write the changed protocol's results to a new --out, or delete "
+            "those run directories to retrain them."
+        )
+
+
+def _subject_names(recipe: Recipe, dataset: str, url: str) -> list[str]:
+    """The subjects a recipe trains for `dataset`: its list, or every subject of the shard set."""
+    names = recipe.data.datasets[dataset].subjects
+    return list(names) if names else [name_of(s) for s in Manifest.read(url).subjects]
+
+
 def _trained_subjects(protocol: Protocol, dataset: str, url: str) -> list[str]:
-    """The subjects the protocol's recipes train on for `dataset`: the recipe's list, else the manifest's."""
+    """The subjects the protocol's recipes train on for `dataset`."""
     spec = protocol.datasets[dataset]
     recipe = load_recipe(
         list(protocol.base), [*protocol.common, *spec["overrides"], f"data.datasets.{dataset}.url={url}"]
     )
     if dataset not in recipe.data.datasets:
         raise InputError(f"{protocol.path}: the base recipes {list(protocol.base)} have no dataset {dataset!r}.")
-    names = recipe.data.datasets[dataset].subjects
-    return list(names) if names else [name_of(s) for s in Manifest.read(url).subjects]
+    return _subject_names(recipe, dataset, url)
 
 
 def _init_worker() -> None:
@@ -109,12 +151,12 @@ def _train_and_evaluate(run: Run, url: str, out: str) -> None:
     recipe = load_recipe(list(run.recipes), overrides)
     train(recipe)
     best = directory / BEST
-    names = recipe.data.datasets[run.dataset].subjects or [name_of(s) for s in Manifest.read(url).subjects]
-    subjects = [global_id(run.dataset, s) for s in names]
-    metrics = evaluate_model(best, [url], "test", 256, subjects, torch.device("cpu"))
+    subjects = [global_id(run.dataset, s) for s in _subject_names(recipe, run.dataset, url)]
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    metrics = evaluate_model(best, [url], "test", 256, subjects, device)
     if run.reliance:
         write_json(directory / RELIANCE, _reliance(best, url, subjects))
-    write_json(directory / EVAL, {**metrics, "checkpoint": str(best)})  # last: its presence means done
+    write_json(directory / EVAL, {**metrics, "checkpoint": str(best), "run": _run_spec(run)})  # last: means done
 
 
 def _reliance(checkpoint: Path, url: str, subjects: list[str]) -> dict | None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from mused_fm.data import storage
 from mused_fm.data.manifest import Manifest
-from mused_fm.errors import MissingFileError, ShardSchemaError
+from mused_fm.errors import ClipTargetError, MissingFileError
 
 __all__ = ["CLIP_CACHE", "ShuffledClip"]
 
@@ -40,6 +40,8 @@ class ShuffledClip:
             llv_NF, hlv_NF = f["llv"], f["hlv"]
         _, unique = np.unique(llv_NF, axis=0, return_index=True)  # identical frames are one stimulus
         llv_NF, hlv_NF = llv_NF[np.sort(unique)], hlv_NF[np.sort(unique)]
+        if len(llv_NF) < 2:
+            raise ClipTargetError(f"{key}=shuffled needs at least 2 distinct stimuli in {url}; it has {len(llv_NF)}.")
         order = np.random.default_rng([seed, 7]).permutation(len(llv_NF))
         substitute = np.empty(len(llv_NF), dtype=np.int64)
         substitute[order] = np.roll(order, -1)  # a cycle through a random order: nobody keeps their own
@@ -53,6 +55,10 @@ class ShuffledClip:
         for own, stimulus in zip(llv_BF.astype(self.dtype, copy=False), stimuli, strict=True):
             row = self.row.get(own.tobytes())
             if row is None:
-                raise ShardSchemaError(f"the CLIP features of stimulus {stimulus!r} are not in the cache {self.url}.")
+                raise ClipTargetError(
+                    f"the CLIP features of stimulus {stimulus!r} are not in the cache {self.url}, so the shuffled-CLIP "
+                    "control cannot substitute them: repack the shard set (the packers write the cache with the "
+                    "shards), or set data.datasets.<name>.clip_features=own."
+                )
             rows.append(row)
         return self.llv_NF[rows], self.hlv_NF[rows]

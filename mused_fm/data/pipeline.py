@@ -40,7 +40,7 @@ from mused_fm.data.clip_targets import ShuffledClip
 from mused_fm.data.manifest import Manifest
 from mused_fm.data.schema import all_finite
 from mused_fm.data.tarfiles import decode_block, iter_raw_records
-from mused_fm.errors import ShardSchemaError, UnknownSubjectError
+from mused_fm.errors import ClipTargetError, ShardSchemaError, UnknownSubjectError
 from mused_fm.subject_ids import global_id
 
 __all__ = ["DatasetStream", "eval_batches", "split_batch", "train_loader"]
@@ -224,7 +224,7 @@ class ShuffledBatches:
         for record in records:
             try:
                 arrays = self.stream.arrays(record)
-            except UnknownSubjectError:
+            except (UnknownSubjectError, ClipTargetError):  # not a damaged record: the run cannot go on
                 raise
             except (ShardSchemaError, ValueError, KeyError) as err:
                 self.failures.bad_record(err, record.get("__url__", "?"))
@@ -297,7 +297,7 @@ def eval_batches(
                 for key, members in iter_raw_records(f):
                     try:
                         arrays = stream.arrays({"__key__": key, "__url__": url, **members})
-                    except UnknownSubjectError:
+                    except (UnknownSubjectError, ClipTargetError):
                         raise
                     except (ShardSchemaError, ValueError, KeyError) as err:
                         logger.warning("%s: skipping record %s: %s", url, key, str(err)[:300])

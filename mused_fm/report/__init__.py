@@ -25,8 +25,7 @@ from mused_fm.files import json_safe, write_json, write_text
 from mused_fm.model import load_export
 from mused_fm.report import analysis, figures, markdown
 from mused_fm.report.comparison import (
-    ABLATIONS,
-    ORDERING,
+    PAIRS,
     Comparison,
     differences,
     label,
@@ -95,10 +94,9 @@ def _comparison(compare: Comparison, out: Path) -> list[str]:
         }
     if any(p["methods"] for p in panels.values()):
         figures.plot_seed_comparison({d: p for d, p in panels.items() if p["methods"]}, out / "comparison.png")
-    pairs = [*ORDERING, *(("clip_mused", a) for a in ABLATIONS), ("shuffled_clip", "bce_only")]
     rows = [
         (f"{r['dataset']}: {label(r['better'])} - {label(r['worse'])}", r["interval"])
-        for r in differences(compare, pairs)
+        for r in differences(compare, PAIRS)
     ]
     if rows:
         figures.plot_differences(rows, out / "differences.png")

@@ -20,7 +20,7 @@ from pathlib import Path
 from mused_fm.stats import Interval, interval, paired, sign_flip_p
 from mused_fm.token_reliance import VARIANTS
 
-__all__ = ["LABELS", "SCORINGS", "Comparison", "criteria_results", "differences", "read_comparison"]
+__all__ = ["LABELS", "PAIRS", "SCORINGS", "Comparison", "criteria_results", "differences", "read_comparison"]
 
 SCORINGS = {"trial": "per trial", "repeat": "repeats averaged"}
 LABELS = {
@@ -44,6 +44,8 @@ LABELS = {
 }
 ORDERING = (("clip_mused", "ms_emb"), ("ms_emb", "ms_smodel"))
 ABLATIONS = ("no_orth", "no_llv", "no_hlv", "orth_only", "llv_only", "hlv_only", "bce_only")
+# The differences the report shows: the paper's ordering, each ablation row against the full loss, the control.
+PAIRS = (*ORDERING, *(("clip_mused", a) for a in ABLATIONS), ("shuffled_clip", "bce_only"))
 
 
 def label(method: str) -> str:
@@ -80,6 +82,7 @@ def _subject_means(evals: list[dict], dataset: str) -> dict[str, float]:
         if any(p is None for p in parts):
             continue  # an eval.json written before repeats were scored
         maps = [m["mAP"] for p in parts for s, m in p["subjects"].items() if s.startswith(f"{dataset}/")]
+        maps = [v for v in maps if v is not None and math.isfinite(v)]  # NaN (no positive class) is written as null
         if maps:
             out[scoring] = float(sum(maps) / len(maps))
     return out

@@ -50,7 +50,7 @@ def plot_curve(points: list[dict], path: Path, subjects: str) -> None:
     for method, (label, color, marker) in STYLE.items():
         by_n: dict[int, list[float]] = {}
         for p in points:
-            if p["method"] == method:
+            if p["method"] == method and p["mAP"] is not None and np.isfinite(p["mAP"]):
                 by_n.setdefault(p["n_train"], []).append(p["mAP"])
         if not by_n:
             continue

@@ -185,6 +185,10 @@ def token_similarity(sim: dict, added: Sequence[str] = ()) -> str:
     )
 
 
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(x)
+
+
 def curve_groups(points: Sequence[dict]) -> dict[tuple[str, float], list[dict]]:
     """Points of a new-subject sweep grouped by (method, fraction): one point per seed in each group."""
     groups: dict[tuple[str, float], list[dict]] = {}
@@ -196,7 +200,8 @@ def curve_groups(points: Sequence[dict]) -> dict[tuple[str, float], list[dict]]:
 def new_subject(points: Sequence[dict], subjects_label: str, png: str = "curve.png", where: str = "adapt") -> str:
     """The sweep's table (mean [95% CI] over seeds per method and fraction) and its sentences: token-only at
     10% against the subject in pretraining, and the gain of fitting tokens over the untrained mean token."""
-    groups = curve_groups(points)
+    groups = {k: [p for p in pts if _finite(p["mAP"])] for k, pts in curve_groups(points).items()}
+    groups = {k: pts for k, pts in groups.items() if pts}  # a run whose test split had no positive class: no mAP
     stats = {key: interval([p["mAP"] for p in pts]) for key, pts in groups.items()}
     rows = [
         [
