@@ -48,12 +48,12 @@ def test_paper_settings():
     nsd = load_recipe(RECIPES[0].parent / "nsd.yaml")
     assert (nsd.model.depth, nsd.train.lr, nsd.train.micro_batch_size, nsd.train.optimizer) == (24, 1e-4, 64, "adam")
     w = nsd.loss.for_dataset("nsd")
-    assert (w.orth, w.hlv, w.llv) == (1e-3, 1e-3, 1e-4)
+    assert (w.orth, w.hlv, w.llv) == (1e-5, 1e-3, 1e-4)  # orth: not the paper's 1e-3 (the recipe says why)
     hcp = load_recipe(RECIPES[0].parent / "hcp.yaml")
     assert (hcp.model.depth, hcp.train.lr, hcp.train.micro_batch_size) == (2, 1e-3, 64)
     assert hcp.data.datasets["hcp"].input == "volume"
     w = hcp.loss.for_dataset("hcp")
-    assert (w.orth, w.hlv, w.llv) == (1e-3, 1e-3, 1e-1)
+    assert (w.orth, w.hlv, w.llv) == (1e-5, 1e-3, 1e-1)
 
 
 COMPARE = sorted(
@@ -212,3 +212,39 @@ def test_comparison_protocol_names_existing_recipes_and_methods():
             load_recipe(list((*protocol.base, *method.recipes)), [*protocol.common, *spec["overrides"]])
     shuffled = load_recipe(list((*protocol.base, *protocol.methods["shuffled_clip"].recipes)))
     assert {d.clip_features for d in shuffled.data.datasets.values()} == {"shuffled"}
+
+
+@pytest.mark.parametrize(
+    ("name", "dataset", "overrides"),
+    [
+        ("nsd", "nsd", []),
+        ("hcp", "hcp", ["data.datasets.hcp.volume_shape=[24,28,24]", "data.datasets.hcp.num_classes=20"]),
+        ("nsd_hcp", "nsd", ["data.datasets.hcp=null"]),
+    ],
+)
+def test_paper_scale_orthogonality_does_not_swamp_the_classification_loss(name, dataset, overrides):
+    """At D=512 the readout tokens are LayerNorm outputs, so ||Z_llv Z_hlv^T||^2 / B^2 starts in the tens of
+    thousands; weighted by the paper's 1e-3 it started 60-260x above the BCE and kept HCP near chance for 100
+    steps (docs/BENCHMARKS.md). The shipped paper-scale recipes must start it within 10x of the BCE."""
+    import torch
+
+    from mused_fm.losses import clip_mused_loss
+    from mused_fm.model import build_model
+
+    recipe = load_recipe(RECIPES[0].parent / f"{name}.yaml", [*overrides, f"data.datasets.{dataset}.subjects=[a,b]"])
+    torch.manual_seed(0)
+    model = build_model(recipe)
+    spec, gen = model.datasets[dataset], torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        out = model(
+            torch.randn(16, *spec.input_shape, generator=gen),
+            model.subject_rows([f"{dataset}/a"] * 8 + [f"{dataset}/b"] * 8, dataset),
+            dataset,
+        )
+        labels = (torch.rand(16, spec.num_classes, generator=gen) < 0.1).float()
+        weights = recipe.loss.for_dataset(dataset)
+        terms = clip_mused_loss(
+            out, labels, torch.randn(16, 64, generator=gen), torch.randn(16, 32, generator=gen), weights
+        )
+    assert recipe.model.dim == 512
+    assert weights.orth * terms.orth < 10 * terms.bce, (float(terms.orth), float(terms.bce))
