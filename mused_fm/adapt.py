@@ -51,7 +51,7 @@ from mused_fm.distributed import DistInfo, barrier, broadcast_value
 from mused_fm.errors import InputError, ShardSchemaError, UnknownSubjectError
 from mused_fm.evaluate import evaluate_streams, mean_map
 from mused_fm.files import json_safe, write_json
-from mused_fm.model import MusedModel, SubjectRegistry, build_model, load_export
+from mused_fm.model import MusedModel, SubjectRegistry, build_model, export_dir, load_export
 from mused_fm.model.freeze import assert_unchanged, freeze_for_new_subjects, snapshot, train_only, trainable_summary
 from mused_fm.model.mused import CONFIG_NAME
 from mused_fm.subject_ids import dataset_of, name_of
@@ -103,8 +103,7 @@ def load_adapt_recipe(path: str | Path | Sequence[str | Path] | None, overrides:
 
 def _export_config(checkpoint: str) -> tuple[Path, dict | None]:
     """The export's config.json and its content (None if it cannot be read), found as load_export finds it."""
-    directory = Path(checkpoint)
-    path = (directory / "export" if (directory / "export").is_dir() else directory) / CONFIG_NAME
+    path = export_dir(checkpoint) / CONFIG_NAME
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError):

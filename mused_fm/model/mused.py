@@ -16,8 +16,8 @@ Unseen subjects (only their tokens are trained; freeze.py freezes the rest):
     model.save_pretrained("export_plus/")                       # one (N+k)-row table: a plain model
 
 An export directory holds model.safetensors (weights and buffers, no pickle), config.json (the
-model section and the per-dataset input specs of the recipe) and registry.json (subject ids in
-table order).
+model section and the per-dataset input specs of the recipe, and the loss section the weights were
+trained with, which adaptation reuses) and registry.json (subject ids in table order).
 """
 
 from __future__ import annotations
@@ -320,10 +320,15 @@ class MusedModel(nn.Module):
         return model.to(map_location)
 
 
+def export_dir(path: str | os.PathLike) -> Path:
+    """The export directory `path` names: itself, or a run directory's export/."""
+    path = Path(path)
+    return path / "export" if (path / "export").is_dir() else path
+
+
 def load_export(path: str | os.PathLike) -> MusedModel:
     """A MusedModel from an export directory, or from a run directory's export/."""
-    path = Path(path)
-    return MusedModel.from_pretrained(path / "export" if (path / "export").is_dir() else path)
+    return MusedModel.from_pretrained(export_dir(path))
 
 
 def build_model(recipe: Recipe, subject_ids: Sequence[str] | None = None) -> MusedModel:
