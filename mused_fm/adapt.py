@@ -206,7 +206,7 @@ class NewSubjects:
 
     def test_metrics(self, model: MusedModel) -> dict:
         """The new subjects' test metrics, computed in this process on the CPU."""
-        return json_safe(evaluate_streams(model, self.streams(model), "test", 256))
+        return json_safe(evaluate_streams(model, self.streams(model), "test", 256, repeat_mean=True))
 
 
 # --------------------------------------------------------------------------------------------

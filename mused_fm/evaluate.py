@@ -87,6 +87,7 @@ def evaluate_streams(
     dist: DistInfo | None = None,
     dtype: torch.dtype = torch.float32,
     pad: bool = False,
+    repeat_mean: bool = False,
 ) -> dict | None:
     """Metrics of `split` per dataset and subject on rank 0 (None on other ranks); a collective.
 
@@ -94,6 +95,8 @@ def evaluate_streams(
         forward: the model's forward (bold, subject rows, dataset) -> MusedOutput, in eval mode.
         dist: the ranks that share the work, and this one's device; None: one process on the CPU.
         pad: run padding passes so every rank runs as many forwards (needed under ZeRO-3).
+        repeat_mean: also score the mean prediction of each stimulus's repeats (test figures; validation
+            during training needs only the per-trial mAP).
     """
     dist = dist or DistInfo.single()
     results = []
@@ -107,8 +110,9 @@ def evaluate_streams(
             raise ShardSchemaError(f"{stream.url} has no readable {split!r} samples for {stream.subjects}.")
         result = grouped_metrics(merged["probs"], merged["labels"], merged["subjects"].tolist())
         result["datasets"][stream.name]["n_skipped"] = int(merged["n_skipped"].sum())  # unreadable, named in the log
-        averaged = stimulus_means(merged["probs"], merged["labels"], merged["subjects"], merged["stimuli"])
-        result["repeat_mean"] = grouped_metrics(*averaged)
+        if repeat_mean:
+            averaged = stimulus_means(merged["probs"], merged["labels"], merged["subjects"], merged["stimuli"])
+            result["repeat_mean"] = grouped_metrics(*averaged)
         results.append(result)
     return merge_metrics(results) if dist.is_main else None
 
@@ -159,7 +163,7 @@ def evaluate_model(
     uncovered = sorted(set(subjects) - {s for st in streams.values() for s in st.subjects})
     if uncovered:
         raise UnknownSubjectError(f"--subjects {uncovered} are in none of the --shards sets ({', '.join(shard_urls)}).")
-    return json_safe(evaluate_streams(model, streams, split, batch_size, DistInfo.single(device)))
+    return json_safe(evaluate_streams(model, streams, split, batch_size, DistInfo.single(device), repeat_mean=True))
 
 
 def open_for_model(model: MusedModel, url: str) -> DatasetStream:

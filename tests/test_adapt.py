@@ -17,8 +17,6 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mused_fm.config import AdaptRecipe, RecipeError, recipe_from_dict
-
 from train_helpers import ROOT, deepspeed_run, pack_cohort, run_launcher, write_recipe
 
 pytestmark = pytest.mark.slow
@@ -219,21 +217,3 @@ def test_bad_input_is_named(base, tmp_path):
     (no_val / "manifest.json").write_text(json.dumps(manifest))
     empty = adapt(*common, "--shards", str(no_val), "--subjects", "nsd/subj04")
     assert empty.returncode == 2 and "no 'val' samples for ['nsd/subj04']" in empty.stderr
-
-
-@pytest.mark.parametrize(
-    ("override", "pattern"),
-    [
-        ("adapt.seeds=[]", r"adapt\.seeds must be distinct integers >= 0, at least one; got \[\]"),
-        ("adapt.seeds=1,1", r"adapt\.seeds must be distinct"),
-        ("adapt.seeds=-1", r"adapt\.seeds must be distinct integers >= 0"),
-        ("adapt.seeds=0.5", r"adapt\.seeds: expected an integer, got 0\.5"),
-        ("adapt.zero_shot=maybe", r"adapt\.zero_shot: expected true or false, got 'maybe'"),
-    ],
-)
-def test_bad_seeds_and_zero_shot_are_named(override, pattern):
-    with pytest.raises(RecipeError, match=pattern):
-        recipe_from_dict({}, [override], kind=AdaptRecipe)
-    sweep = recipe_from_dict({}, ["adapt.seeds=0,1,2", "adapt.zero_shot=true"], kind=AdaptRecipe)
-    assert sweep.adapt.seeds == [0, 1, 2] and sweep.adapt.zero_shot
-    assert AdaptRecipe().adapt.seeds == [0] and not AdaptRecipe().adapt.zero_shot

@@ -144,11 +144,22 @@ def test_recipe_error_is_the_named_error():
         ("adapt.fractions=0.5,0.5", r"adapt\.fractions must be distinct"),
         ("adapt.fractions=half", r"adapt\.fractions: expected a number, got 'half'"),
         ("adapt.patience=0", r"adapt\.patience must be >= 1"),
+        ("adapt.seeds=[]", r"adapt\.seeds must be distinct integers >= 0, at least one; got \[\]"),
+        ("adapt.seeds=1,1", r"adapt\.seeds must be distinct"),
+        ("adapt.seeds=-1", r"adapt\.seeds must be distinct integers >= 0"),
+        ("adapt.seeds=0.5", r"adapt\.seeds: expected an integer, got 0\.5"),
+        ("adapt.zero_shot=maybe", r"adapt\.zero_shot: expected true or false, got 'maybe'"),
     ],
 )
 def test_bad_adaptation_keys_are_named(override, pattern):
     with pytest.raises(RecipeError, match=pattern):
         recipe_from_dict({}, [override], kind=AdaptRecipe)
+
+
+def test_adaptation_seeds_and_zero_shot_parse():
+    sweep = recipe_from_dict({}, ["adapt.seeds=0,1,2", "adapt.zero_shot=true"], kind=AdaptRecipe)
+    assert sweep.adapt.seeds == [0, 1, 2] and sweep.adapt.zero_shot
+    assert AdaptRecipe().adapt.seeds == [0] and not AdaptRecipe().adapt.zero_shot
 
 
 def test_an_adaptation_recipe_needs_no_datasets_and_a_training_recipe_no_adapt():

@@ -121,7 +121,7 @@ def write_report(root: str | Path, shards: list[str] = (), attention_samples: in
     main = inputs.eval
     if main is None and streams:
         logger.info("no eval.json beside the run: evaluating its export on the test split")
-        main = json_safe(evaluate_streams(model, streams, "test", 256))
+        main = json_safe(evaluate_streams(model, streams, "test", 256, repeat_mean=True))
         write_json(out / "eval.json", main)
     datasets = list(model.datasets)
     cfg = model.config
@@ -135,7 +135,6 @@ def write_report(root: str | Path, shards: list[str] = (), attention_samples: in
     train, val = read_metrics(inputs.run)
     figures.plot_training(train, val, datasets, out / "training.png")
     sections.append(markdown.training(train, val, datasets))
-    reliance = token_reliance(model, streams) if streams else None
     if main is not None:
         chance = {name: chance_metrics(s)["datasets"][name]["mAP"] for name, s in streams.items()}
         figures.plot_subject_metrics(main["subjects"], out / "subjects.png")
@@ -143,7 +142,8 @@ def write_report(root: str | Path, shards: list[str] = (), attention_samples: in
     compare = read_comparison(inputs.root / "compare")
     if compare is not None:
         sections.extend(_comparison(compare, out))
-    if reliance is not None and not (compare and compare.reliance):
+    reliance = token_reliance(model, streams) if streams and not (compare and compare.reliance) else None
+    if reliance is not None:  # the run's own check, when the comparison has none over seeds
         sections.append(markdown.reliance(reliance))
     if streams:
         maps = {}
