@@ -10,6 +10,9 @@ Paths and conventions of the NSD release (its data manual, naturalscenesdataset.
         int16 X x Y x Z x 750; divide by 300 for percent signal change; or betas_sessionNN.hdf5
         with /betas as written by MATLAB, which h5py shows reversed (750 x Z x Y x X)
     nsddata/ppdata/subjAA/func1pt8mm/roi/<atlas>.nii.gz   integer labels on the betas grid
+    nsddata_betas/ppdata/subjAA/fsaverage/betas_fithrf_GLMdenoise_RR/{lh,rh}.betas_sessionNN.mgh
+        MGH big-endian float32 (163842, 1, 1, 750) per hemisphere: percent signal change (no /300)
+    nsddata/freesurfer/fsaverage/label/{lh,rh}.<atlas>.mgz    integer label per fsaverage vertex
     nsddata/freesurfer/fsaverage/label/<atlas>.mgz.ctab   FreeSurfer colour table: index name R G B A
 
 Trial t (0-based, counted over all sessions) of subject s shows nsdId
@@ -28,9 +31,19 @@ import numpy as np
 from mused_fm.errors import InputError, MissingFileError
 from shards_tools.volumes import damaged_file_errors
 
-__all__ = ["NsdLayout", "NsdMissingError", "betas_grid", "read_ctab", "read_session_betas"]
+__all__ = [
+    "HEMISPHERES",
+    "SURFACE_SPACES",
+    "NsdLayout",
+    "NsdMissingError",
+    "betas_grid",
+    "read_ctab",
+    "read_session_betas",
+]
 
-BETA_SCALE = 300.0  # NSD stores betas as int16 percent signal change x 300
+BETA_SCALE = 300.0  # NSD stores volume betas as int16 percent signal change x 300 (surface betas: float, x1)
+HEMISPHERES = ("lh", "rh")
+SURFACE_SPACES = ("fsaverage",)
 
 
 class NsdMissingError(MissingFileError):
@@ -106,6 +119,8 @@ class NsdLayout:
 
     def sessions(self, subject: str) -> dict[int, Path]:
         """{session number: file} for every session present (.nii.gz preferred over .hdf5)."""
+        if self.space in SURFACE_SPACES:
+            raise InputError(f"--space {self.space} stores sessions per hemisphere: use surface_sessions().")
         found: dict[int, Path] = {}
         for path in sorted(self.subject_dir(subject).iterdir()):
             m = re.fullmatch(r"betas_session(\d+)\.(nii\.gz|nii|hdf5)", path.name)
@@ -114,6 +129,43 @@ class NsdLayout:
         if not found:
             raise NsdMissingError(f"{self.subject_dir(subject)} holds no betas_sessionNN.nii.gz or .hdf5 files.")
         return dict(sorted(found.items()))
+
+    def surface_sessions(self, subject: str) -> dict[int, tuple[Path, Path]]:
+        """{session number: (lh file, rh file)} for every session present; a session with one hemisphere is an error."""
+        found: dict[int, dict[str, Path]] = {}
+        folder = self.subject_dir(subject)
+        for path in sorted(folder.iterdir()):
+            m = re.fullmatch(r"(lh|rh)\.betas_session(\d+)\.mgh", path.name)
+            if m:
+                found.setdefault(int(m.group(2)), {})[m.group(1)] = path
+        if not found:
+            raise NsdMissingError(f"{folder} holds no {{lh,rh}}.betas_sessionNN.mgh files.")
+        for session, pair in sorted(found.items()):
+            for hemi in HEMISPHERES:
+                if hemi not in pair:
+                    raise NsdMissingError(
+                        f"{folder / f'{hemi}.betas_session{session:02d}.mgh'} is missing, but the other hemisphere "
+                        f"of {subject} session {session} is there; download it (every session has lh and rh)."
+                    )
+        return {s: (pair["lh"], pair["rh"]) for s, pair in sorted(found.items())}
+
+    def surface_labels(self, atlas: str) -> tuple[dict[str, np.ndarray], dict[int, str], dict[str, Path]]:
+        """({hemi: (vertices,) labels}, {label: name}, {hemi: path}) of an fsaverage atlas (one for all subjects)."""
+        from shards_tools.mgh_files import read_mgh_labels
+
+        folder = self.root / "nsddata/freesurfer/fsaverage/label"
+        paths = {h: folder / f"{h}.{atlas}.mgz" for h in HEMISPHERES}
+        ctab = folder / f"{atlas}.mgz.ctab"
+        if not ctab.exists() or not all(p.exists() for p in paths.values()):
+            known = (
+                sorted(p.name.removesuffix(".mgz.ctab") for p in folder.glob("*.mgz.ctab")) if folder.is_dir() else []
+            )
+            raise NsdMissingError(
+                f"atlas {atlas!r}: {folder} needs lh.{atlas}.mgz, rh.{atlas}.mgz and {atlas}.mgz.ctab. Atlases "
+                f"there: {', '.join(known) or 'none'} (NSD ships Kastner2015, nsdgeneral, HCP_MMP1, streams); pick "
+                "one with --atlas."
+            )
+        return {h: read_mgh_labels(p) for h, p in paths.items()}, read_ctab(ctab), paths
 
     def roi(self, subject: str, atlas: str) -> tuple[np.ndarray, dict[int, str], Path]:
         """(integer label volume X x Y x Z, {label: name}, path) of an atlas on the subject's grid."""

@@ -51,7 +51,14 @@ def samples(out: Path) -> list:
 
 @pytest.fixture(scope="module")
 def nsd(raw, tmp_path_factory) -> Path:
+    """The default: fsaverage surfaces, one cohort basis."""
     return pack("pack-nsd", raw, tmp_path_factory.mktemp("nsd"))
+
+
+@pytest.fixture(scope="module")
+def nsd_volume(raw, tmp_path_factory) -> Path:
+    """The paper's setting: func1pt8mm volumes (one session as .hdf5), per-subject PCA."""
+    return pack("pack-nsd", raw, tmp_path_factory.mktemp("nsd_volume"), "--space", "func1pt8mm")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +66,9 @@ def hcp(raw, tmp_path_factory) -> Path:
     return pack("pack-hcp", raw, tmp_path_factory.mktemp("hcp"))
 
 
-def test_nsd_counts_splits_and_labels(raw, nsd):
+@pytest.mark.parametrize("space", ["nsd", "nsd_volume"])
+def test_nsd_counts_splits_and_labels(raw, space, request):
+    nsd = request.getfixturevalue(space)
     truth = json.loads((raw / "synth_summary.json").read_text())["nsd"]
     manifest = json.loads((nsd / "manifest.json").read_text())
     for subject, facts in truth["subjects"].items():
@@ -107,7 +116,9 @@ def test_nsd_sample_labels_match_coco(raw, nsd):
         assert names == image_cats[info[int(s.meta["stimulus"][3:])]]
 
 
-def test_nsd_planted_signal_survives_packing(nsd):
+@pytest.mark.parametrize("space", ["nsd", "nsd_volume"])
+def test_nsd_planted_signal_survives_packing(space, request):
+    nsd = request.getfixturevalue(space)
     rows = [s for s in samples(nsd) if s.meta["subject"] == "nsd/subj01"]
     x = {
         sp: np.stack([s.bold.astype(np.float32).ravel() for s in rows if s.meta["split"] == sp])
@@ -216,7 +227,7 @@ def test_bids_volume_and_roi_samples(raw, tmp_path):
     ("verb", "extra", "message"),
     [
         ("pack-nsd", ["--roi-groups", "V1,V7"], "unknown ROI group 'V7'"),
-        ("pack-nsd", ["--subjects", "subj07"], "subj07/func1pt8mm/betas_fithrf_GLMdenoise_RR is missing"),
+        ("pack-nsd", ["--subjects", "subj07"], "subj07/fsaverage/betas_fithrf_GLMdenoise_RR is missing"),
         ("pack-hcp", ["--subjects", "999999"], "['999999'] are in neither HCP_7T_movie_V1/V2_ReleasedSubjs.csv"),
         ("pack-bids", ["--subjects", "sub-09"], "has no ['sub-09']"),
     ],
@@ -233,7 +244,7 @@ def test_bad_input_is_one_clear_line(raw, tmp_path, capsys, verb, extra, message
 
 
 def test_bad_clip_path_and_wrong_roi_grid(raw, tmp_path, capsys):
-    args = ["--root", str(raw / "nsd"), "--subjects", "subj01", "--out", str(tmp_path / "o")]
+    args = ["--root", str(raw / "nsd"), "--subjects", "subj01", "--out", str(tmp_path / "o"), "--space", "func1pt8mm"]
     assert cli(["pack-nsd", *args, "--clip-model", str(tmp_path / "no-clip")]) == 2
     assert "does not load as a transformers CLIP model" in capsys.readouterr().err
     broken = tmp_path / "nsd"

@@ -196,6 +196,7 @@ class DatasetWriter:
                 continue
             part = json.loads(storage.read_bytes(storage.join(self.out, "parts", entry)))
             subjects[part["subject"]] = {k: part[k] for k in ("counts", "bold_shape", "preproc", "fingerprint")}
+            subjects[part["subject"]]["facts"] = part.get("facts", {})
             shards.extend(part["shards"])
         manifest = {
             "schema": SCHEMA_VERSION,
@@ -220,6 +221,8 @@ class SubjectWriter:
         self._counts = dict.fromkeys(SPLITS, 0)
         self._bold_shape: list[int] | None = None
         self._preproc = ""
+        self.facts: dict[str, Any] = {}
+        """Facts about the subject's inputs for the manifest (NaN vertices per ROI, the basis used, ...)."""
 
     def __enter__(self) -> SubjectWriter:
         return self
@@ -295,6 +298,7 @@ class SubjectWriter:
             "counts": self._counts,
             "bold_shape": self._bold_shape,
             "preproc": self._preproc,
+            "facts": self.facts,
             "shards": self._shards,
         }
         storage.write_json(storage.join(self.parent.out, "parts", f"{self.name}.json"), part)

@@ -32,6 +32,7 @@ __all__ = [
     "make_brain",
     "neural_response",
     "roi_gains",
+    "standardize",
     "subject_maps",
 ]
 
@@ -187,8 +188,12 @@ class Template:
 
     def __call__(self, u_3V: np.ndarray) -> np.ndarray:
         """(num_maps, V) template values at normalised coordinates u (3, V)."""
-        arg = np.einsum("mrd,dv->mrv", self.omega, u_3V.astype(np.float32)) + self.phase[:, :, None]
-        return np.sqrt(2 / self.omega.shape[1]) * np.cos(arg).sum(axis=1)
+        u = u_3V.astype(np.float32)
+        # One map at a time: (rank, V) at once, not (maps, rank, V) (GBs at fsaverage's 163842 vertices).
+        maps = [
+            np.cos(omega @ u + phase[:, None]).sum(axis=0) for omega, phase in zip(self.omega, self.phase, strict=True)
+        ]
+        return np.sqrt(2 / self.omega.shape[1]) * np.stack(maps)
 
 
 def cohort_template(num_classes: int, num_lowlevel: int, rng: np.random.Generator) -> Template:
@@ -213,17 +218,17 @@ def subject_maps(
     """
     fields = rng.standard_normal((num_classes + num_lowlevel, *brain.shape)).astype(np.float32)
     fields = gaussian_filter(fields, sigma=(0, sigma, sigma, sigma), mode="nearest")
-    w = _standardize(fields[:, brain.mask])  # (K + F, V)
+    w = standardize(fields[:, brain.mask])  # (K + F, V)
     if template is not None:
         if template.num_maps != len(w):
             raise InputError(f"template has {template.num_maps} maps, the subject needs {len(w)}")
         shift = rng.normal(0, TEMPLATE_SHIFT, 3).astype(np.float32)
-        shared = _standardize(template(brain.u[:, brain.mask] + shift[:, None]))
-        w = _standardize(np.sqrt(1 - individual) * shared + np.sqrt(individual) * w)
+        shared = standardize(template(brain.u[:, brain.mask] + shift[:, None]))
+        w = standardize(np.sqrt(1 - individual) * shared + np.sqrt(individual) * w)
     return w[:num_classes], w[num_classes:]
 
 
-def _standardize(w: np.ndarray) -> np.ndarray:
+def standardize(w: np.ndarray) -> np.ndarray:
     return ((w - w.mean(axis=1, keepdims=True)) / w.std(axis=1, keepdims=True)).astype(np.float32)
 
 

@@ -9,6 +9,7 @@ Written exactly where the real release keeps them (the paths of shards_tools/nsd
                                                         subjectN_rep0..2 (1-based trial, 0 = not shown)
     nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5       imgBrick (images, S, S, 3) uint8 by 0-based nsdId
     nsddata_stimuli/stimuli/nsd/annotations/{instances,captions}_{train2017,val2017}.json
+    betas in both spaces: func1pt8mm volumes (nsd_betas.py) and fsaverage surfaces (nsd_surface.py)
 
 The reader's rule holds as in NSD: the 0-based nsdId of trial t (0-based) for subject s is
 `subjectim[s-1, masterordering[t]-1] - 1`, and the shared test trials are those with
@@ -127,6 +128,7 @@ def write_nsd(root: Path, p: NsdPreset, seed: int) -> tuple[dict, list[str]]:
     import h5py
 
     from shards_tools.synth.nsd_betas import write_ctab, write_subject
+    from shards_tools.synth.nsd_surface import write_surface_labels, write_surface_subject
 
     stim = make_stimuli(p, seed)
     design = make_design(p, seed)
@@ -142,11 +144,13 @@ def write_nsd(root: Path, p: NsdPreset, seed: int) -> tuple[dict, list[str]]:
         write_json(stim_dir / "annotations" / f"instances_{split}.json", inst)
         write_json(stim_dir / "annotations" / f"captions_{split}.json", caps)
     write_ctab(root)
+    write_surface_labels(root, p.surface_vertices)
     subjects = {}
     for s in range(p.num_subjects):
         name = f"subj{s + 1:02d}"
         ids = trial_nsd_ids(design, s, p.sessions[s] * p.trials_per_session)
         subjects[name] = write_subject(root, p, name, seed, ids, stim.labels, stim.lowlevel)
+        subjects[name]["fsaverage"] = write_surface_subject(root, p, name, seed, ids, stim.labels, stim.lowlevel)
         # Trials a packer will find on disk (the missing session's trials are gone).
         on_disk = np.isin(np.arange(len(ids)) // p.trials_per_session + 1, subjects[name]["sessions_on_disk"])
         test = design["masterordering"][: len(ids)] <= p.num_shared

@@ -52,6 +52,8 @@ class NsdPreset:
     held_out: str | None = None  # subject meant for the new-subject protocol (not trained on)
     missing_session: tuple[str, int] = ("subj02", 2)  # no file for this session (a gap users meet)
     hdf5_session: tuple[str, int] = ("subj03", 1)  # written only as betas_sessionNN.hdf5
+    surface_vertices: int = 642  # fsaverage-like sphere per hemisphere (real fsaverage: 163842)
+    nan_subjects: tuple[str, ...] = ("subj03", "subj06")  # a patch of NaN vertices on the surface (real: 06, 08)
 
     @property
     def num_images_per_subject(self) -> int:
@@ -101,7 +103,7 @@ PRESETS = {
     ),
     "demo": Preset(
         "demo",
-        NsdPreset(6, (10, 10, 9, 8, 10, 9), 60, 40, 160, 64, 20, held_out="subj06"),
+        NsdPreset(6, (10, 10, 9, 8, 10, 9), 60, 40, 160, 64, 20, held_out="subj06", surface_vertices=2562),
         HcpPreset(
             (("100610", "V1", "M"), ("102311", "V1", "F"), ("102816", "V2", "F"), ("104416", "V2", "F")),
             clips_per_run=(3, 3, 3, 3),
