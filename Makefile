@@ -58,8 +58,9 @@ DEMO_NSD       ?= subj01,subj02,subj03,subj04,subj05,subj06
 DEMO_TRAIN_NSD ?= subj01,subj02,subj03,subj04,subj05
 DEMO_HCP       ?= 100610,102311,102816,104416
 DEMO_TRAIN_HCP ?= 100610,102311,102816
+# NSD is packed on fsaverage with one cohort basis, fitted on DEMO_TRAIN_NSD; the others are appended with it.
 # Held out of training, then added by token-only fine-tuning: DEMO_NEW -> adapt/ (HCP: volumes in a space
-# shared by all subjects), DEMO_NEW_NSD -> adapt_nsd/ (NSD: per-subject PCA axes; empty to skip).
+# shared by all subjects), DEMO_NEW_NSD -> adapt_nsd/ (NSD: fsaverage, the cohort's basis; empty to skip).
 DEMO_NEW       ?= hcp/104416
 DEMO_NEW_NSD   ?= nsd/subj06
 DEMO_FRACTIONS ?= 0.01,0.05,0.1,0.25,1.0
@@ -95,7 +96,9 @@ dataset_of      = $(firstword $(subst /, ,$(1)))
 demo: install
 	@echo "== 1/7 simulated cohort in the real NSD/HCP layouts -> $(DEMO_DIR)/raw"
 	$(PY) -m shards_tools synth --out $(DEMO_DIR)/raw --preset $(DEMO_PRESET)
-	@echo "== 2/7 shards ($(DEMO_NEW) $(DEMO_NEW_NSD) packed but held out of training: step 6 adds them)"
+	@echo "== 2/7 shards ($(DEMO_NEW) $(DEMO_NEW_NSD) packed but held out of training and of the NSD basis: step 6 adds them)"
+	$(PY) -m shards_tools pack-nsd --root $(DEMO_DIR)/raw/nsd --subjects $(DEMO_TRAIN_NSD) --roi-dim $(DEMO_ROI_DIM) \
+		--clip-model $(DEMO_DIR)/raw/clip --out $(DEMO_DIR)/shards/nsd
 	$(PY) -m shards_tools pack-nsd --root $(DEMO_DIR)/raw/nsd --subjects $(DEMO_NSD) --roi-dim $(DEMO_ROI_DIM) \
 		--clip-model $(DEMO_DIR)/raw/clip --out $(DEMO_DIR)/shards/nsd
 	$(PY) -m shards_tools pack-hcp --root $(DEMO_DIR)/raw/hcp --subjects $(DEMO_HCP) \
@@ -130,12 +133,18 @@ demo: install
 # workers -> $(DEMO_DIR)/compare/<dataset>/<method>/s<seed>/, plus the ridge and chance baselines; then the
 # report again, which now shows means with 95% intervals, paired differences and the protocol's criteria.
 # Rerunning skips finished runs. About 20 min on 2 cores (docs/BENCHMARKS.md).
+# NSD is compared in the paper's setting: func1pt8mm volumes with per-subject PCA, packed here ->
+# $(DEMO_DIR)/shards/nsd_volume (COMPARE_NSD=$(DEMO_DIR)/shards/nsd compares on the demo's fsaverage shards).
 COMPARE_PROTOCOL ?= recipes/compare/protocol.yaml
 COMPARE_JOBS     ?= 2
 COMPARE_ARGS     ?=
+COMPARE_NSD      ?= $(DEMO_DIR)/shards/nsd_volume
 demo-compare: install
 	@test -f $(DEMO_DIR)/run/export/model.safetensors || { echo "run make demo first (no $(DEMO_DIR)/run/export)"; exit 2; }
-	$(PY) launch/compare.py $(COMPARE_PROTOCOL) --shards nsd=$(DEMO_DIR)/shards/nsd --shards hcp=$(DEMO_DIR)/shards/hcp \
+	$(if $(filter $(DEMO_DIR)/shards/nsd_volume,$(COMPARE_NSD)),$(PY) -m shards_tools pack-nsd --root $(DEMO_DIR)/raw/nsd \
+		--subjects $(DEMO_TRAIN_NSD) --space func1pt8mm --roi-basis subject --roi-dim $(DEMO_ROI_DIM) \
+		--clip-model $(DEMO_DIR)/raw/clip --out $(DEMO_DIR)/shards/nsd_volume)
+	$(PY) launch/compare.py $(COMPARE_PROTOCOL) --shards nsd=$(COMPARE_NSD) --shards hcp=$(DEMO_DIR)/shards/hcp \
 		--out $(DEMO_DIR)/compare --jobs $(COMPARE_JOBS) $(COMPARE_ARGS)
 	$(PY) launch/report.py $(DEMO_DIR) --shards $(DEMO_DIR)/shards/nsd --shards $(DEMO_DIR)/shards/hcp
 

@@ -164,7 +164,10 @@ def test_new_subject_aggregates_seeds_and_states_the_zero_shot_gain():
     text = markdown.new_subject(points, "nsd/subj06")
     assert "token-only adaptation reaches test mAP 0.280 [0.230, 0.330] over 3 seed(s), 93% of the 0.300" in text
     assert "met by the mean; the interval's lower end is 77%" in text
-    assert "Zero-shot (the mean token of the dataset's known subjects, no training): 0.200" in text
+    assert (
+        "Zero-shot (the mean token of the dataset's known subjects, no training): 0.200 (67% of the in-pretraining"
+        in text
+    )
     assert "10% +0.080" in text
     assert "| tokens | 0.10 | 10 | 3 | 0.280 [0.230, 0.330] | 0.260, 0.280, 0.300 |" in text
 

@@ -72,9 +72,14 @@ def test_two_ranks_zero2_local_shards_both_datasets_and_wandb_offline(cohort, tm
         WANDB_CONFIG_DIR=str(tmp_path),
         WANDB_DATA_DIR=str(tmp_path),
     )
+    started = time.time()
     proc = deepspeed_run(recipe, "log.wandb.mode=offline", env=env)
     assert_ok(proc)
     assert_run_dir(run, max_steps=6, world_size=2, stage=2)
+    # DeepSpeed's CPU allreduce buffers (66 MB per rank in /dev/shm) are not left behind
+    shm = Path("/dev/shm")
+    left = [p for p in shm.glob("deepspeed_allreduce_buffer_*") if p.stat().st_mtime >= started] if shm.is_dir() else []
+    assert not left
     # wandb: one offline run, written by rank 0 only, inside the run directory
     assert len(list((run / "wandb").glob("offline-run-*"))) == 1
     # the export holds what the engine trained: it differs from a fresh initialisation

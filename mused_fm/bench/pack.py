@@ -4,7 +4,8 @@
 
 Writes the simulated cohort (unless --raw points at one), then times pack-nsd, pack-hcp and pack-bids
 into a temporary folder, and separately the time to just read the same inputs with nibabel/h5py, so
-the packers' own overhead (preprocessing, CLIP features, encoding, hashing) shows.
+the packers' own overhead (preprocessing, CLIP features, encoding, hashing) shows. The fsaverage case
+(pack_fsaverage.py) packs NSD surface betas at their real size on one core: MB/s and peak RSS.
 """
 
 from __future__ import annotations
@@ -16,11 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
+from mused_fm.bench.pack_fsaverage import REAL_VERTICES, run_fsaverage
 from mused_fm.bench.targets import Target
 from mused_fm.data.manifest import Manifest
+from mused_fm.errors import InputError
 
 NSD_SUBJECTS = ("subj01", "subj02", "subj03", "subj04", "subj05")
-TARGETS = (Target("nsd.bytes_per_sample", "<=", 32_000, "bytes of an NSD sample at the paper's shape: 32 KB"),)
+CASES = ("nsd", "hcp", "bids", "fsaverage")
+TARGETS = (
+    Target("nsd.bytes_per_sample", "<=", 32_000, "bytes of an NSD sample at the paper's shape: 32 KB"),
+    Target("fsaverage.append.mb_per_s", ">=", 100, "fsaverage betas read and packed with the cohort basis, 1 core"),
+    Target("fsaverage.append.peak_rss_mb", "<=", 3000, "peak RSS of that pack (one session pair of 2 x 491 MB)"),
+    Target("fsaverage.first_pack.mb_per_s", ">=", 100, "the same, fitting the cohort basis (betas read twice)"),
+    Target("fsaverage.first_pack.peak_rss_mb", "<=", 3000, "peak RSS of the pack that fits the basis"),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", type=Path, default=None, help="an existing simulated cohort (skips synth)")
     parser.add_argument("--llv-dim", type=int, default=1024, help="as pack-nsd's default, for real-sized samples")
     parser.add_argument("--roi-dim", type=int, default=268, help="NSD PCA width (the paper's 268)")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma list of %(default)s")
+    parser.add_argument(
+        "--fsaverage-vertices", type=int, default=REAL_VERTICES, help="vertices per hemisphere (%(default)s: real)"
+    )
 
 
 def _read_inputs(raw: Path) -> dict[str, float]:
@@ -59,7 +73,16 @@ def run(args: argparse.Namespace) -> dict:
     from shards_tools.__main__ import main as shards_cli
     from shards_tools.synth import synth
 
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        raise InputError(f"--cases: unknown {unknown}; expected a comma list of {', '.join(CASES)}.")
+    result: dict = {"preset": None if args.raw else args.preset}
     with tempfile.TemporaryDirectory(prefix="mused-bench-pack-") as tmp:
+        if "fsaverage" in cases:
+            result["fsaverage"] = run_fsaverage(Path(tmp), args.fsaverage_vertices, args.roi_dim)
+        if not set(cases) & {"nsd", "hcp", "bids"}:
+            return result
         raw = args.raw
         if raw is None:
             raw = Path(tmp) / "raw"
@@ -74,6 +97,8 @@ def run(args: argparse.Namespace) -> dict:
                 ",".join(NSD_SUBJECTS),
                 "--roi-dim",
                 str(args.roi_dim),
+                "--space",
+                "func1pt8mm",  # the paper's volumes (what _read_inputs reads); the fsaverage case is its own
             ],
             "hcp": ["pack-hcp", "--root", str(raw / "hcp"), "--subjects", ",".join(hcp_subjects)],
             "bids": [
@@ -87,8 +112,9 @@ def run(args: argparse.Namespace) -> dict:
             ],
         }
         read = _read_inputs(raw)
-        result: dict = {"preset": None if args.raw else args.preset}
         for name, argv in commands.items():
+            if name not in cases:
+                continue
             out = Path(tmp) / f"shards-{name}"
             start = time.perf_counter()
             code = shards_cli(
@@ -113,14 +139,29 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def report(result: dict) -> str:
-    lines = [
-        f"{'dataset':<8}{'samples':>9}{'pack s':>9}{'samples/s':>11}{'KiB/sample':>12}{'read-only s':>13}{'llv r':>8}"
-    ]
+    lines = []
+    if any(name in result for name in ("nsd", "hcp", "bids")):
+        head = f"{'dataset':<8}{'samples':>9}{'pack s':>9}{'samples/s':>11}{'KiB/sample':>12}"
+        lines.append(f"{head}{'read-only s':>13}{'llv r':>8}")
     for name in ("nsd", "hcp", "bids"):
+        if name not in result:
+            continue
         r = result[name]
         lines.append(
             f"{name:<8}{r['samples']:>9}{r['pack_s']:>9.1f}{r['samples_per_s']:>11.1f}"
             f"{r['bytes_per_sample'] / 1024:>12.1f}{r['read_inputs_s']:>13.2f}"
             f"{r['llv_fidelity_r']:>8.4f}"
         )
+    if "fsaverage" in result:
+        f = result["fsaverage"]
+        lines.append(
+            f"\nfsaverage, {f['vertices_per_hemisphere']} vertices x {f['trials_per_session']} trials per hemisphere "
+            f"and session, {f['roi_vertices']} ROI vertices kept, --roi-dim {f['roi_dim']}, one core:"
+        )
+        lines.append(f"{'case':<12}{'betas MB':>10}{'seconds':>9}{'MB/s':>8}{'peak RSS MB':>13}")
+        for case in ("first_pack", "append"):
+            c = f[case]
+            lines.append(
+                f"{case:<12}{c['betas_mb']:>10.0f}{c['seconds']:>9.1f}{c['mb_per_s']:>8.0f}{c['peak_rss_mb']:>13.0f}"
+            )
     return "\n".join(lines)

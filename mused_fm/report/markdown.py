@@ -235,9 +235,10 @@ def new_subject(points: Sequence[dict], subjects_label: str, png: str = "curve.p
         gains = ", ".join(
             f"{k[1]:.0%} {stats[k].mean - zero['mAP']:+.3f}" for k in sorted(k for k in groups if k[0] == "tokens")
         )
+        of_ref = f" ({zero['mAP'] / ref['mAP']:.0%} of the in-pretraining mAP)" if ref and _finite(zero["mAP"]) else ""
         text.append(
-            f"Zero-shot (the mean token of the dataset's known subjects, no training): {_f(zero['mAP'])}; fitting the "
-            f"tokens adds, by fraction: {gains}."
+            f"Zero-shot (the mean token of the dataset's known subjects, no training): {_f(zero['mAP'])}{of_ref}; "
+            f"fitting the tokens adds, by fraction: {gains}."
         )
     for method in ("full", "scratch"):
         best = groups.get((method, 1.0))

@@ -70,6 +70,21 @@ def _single_node_store(world_size: int, rank: int) -> torch.distributed.TCPStore
     return torch.distributed.TCPStore("127.0.0.1", port, world_size, True, timeout, master_listen_fd=listener.fileno())
 
 
+def _unlink_shm_buffer() -> None:
+    """Remove this rank's name of DeepSpeed's CPU allreduce buffer once every rank has mapped it.
+
+    On CPU, DeepSpeed's shm comm op creates /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>
+    (66 MB) in init_distributed, maps every rank's, and never unlinks them: each run on a new port left
+    66 MB per rank in /dev/shm (17 GB after a day of tests here). The mappings outlive the name, so after a
+    barrier (every rank has opened every other's) the name can go; a later run on the same port then cannot
+    open a stale buffer either.
+    """
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+    path = Path("/dev/shm") / f"{name}{os.environ.get('MASTER_PORT', '')}_{torch.distributed.get_rank()}"
+    torch.distributed.barrier()  # on every rank, whatever it finds: a rank that skipped it would hang the others
+    path.unlink(missing_ok=True)  # absent: another shm layout, or the op was not built
+
+
 def init_distributed() -> DistInfo:
     """Join the process group set up by the deepspeed launcher, torchrun or a hostfile launch.
 
@@ -87,6 +102,8 @@ def init_distributed() -> DistInfo:
                 os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's pair sockets on loopback too
             torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size)
     deepspeed.init_distributed(dist_backend=backend, verbose=False)  # wraps the group above when there is one
+    if backend == "gloo":
+        _unlink_shm_buffer()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
