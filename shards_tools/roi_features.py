@@ -101,35 +101,51 @@ class RoiPca:
 
 
 class PcaAccumulator:
-    """PCA of one ROI from rows added in batches (a session at a time), never holding them all.
+    """PCA of one ROI from rows added in batches (a session at a time), in at most V x V floats.
 
-    Keeps the row count, the column sums (float64) and the V x V cross-product (float32: 0.3 GB for
-    an ROI of 8700 fsaverage vertices); `fit` takes the top eigenvectors of the covariance. Inputs
-    are z-scored per session, so their means are near zero and float32 cross-products lose nothing.
+    While there are no more rows than columns (a first pack of a few sessions) the rows themselves are
+    kept and `fit` is an exact SVD of them; past that they are folded into the V x V cross-product
+    (float32: 0.4 GB for an ROI of 10,500 fsaverage vertices) and `fit` takes the top eigenvectors of the
+    covariance. Inputs are z-scored per session, so their means are near zero and float32 loses nothing.
     """
 
     def __init__(self, width: int) -> None:
         self.rows = 0
         self.sum_V = np.zeros(width, dtype=np.float64)
-        self.gram_VV = np.zeros((width, width), dtype=np.float32)
+        self._kept: list[np.ndarray] | None = []  # the rows, until they outnumber the columns
+        self._gram_VV: np.ndarray | None = None
 
     def add(self, rows_TV: np.ndarray) -> None:
         rows_TV = np.asarray(rows_TV, dtype=np.float32)
         self.rows += rows_TV.shape[0]
         self.sum_V += rows_TV.sum(0, dtype=np.float64)
-        self.gram_VV += rows_TV.T @ rows_TV
+        if self._kept is None:
+            self._gram_VV += rows_TV.T @ rows_TV
+            return
+        self._kept.append(rows_TV.copy())
+        if self.rows > self.sum_V.size:
+            kept = np.concatenate(self._kept)
+            self._kept, self._gram_VV = None, kept.T @ kept
 
     def fit(self, dim: int) -> RoiPca:
-        """The top min(dim, V, rows - 1) components; each signed so its largest-magnitude weight is positive."""
-        from scipy.linalg import eigh
+        """The top min(dim, V, rows - 1) components; each signed so its largest-magnitude weight is positive.
+        Frees the accumulated statistics."""
+        from scipy.linalg import blas, eigh
 
         if self.rows < 2:
             raise InputError(f"a PCA basis needs at least 2 training trials, got {self.rows}.")
         width = self.sum_V.size
         mean = self.sum_V / self.rows
-        cov = self.gram_VV.astype(np.float64) / self.rows - np.outer(mean, mean)
         k = min(dim, width, self.rows - 1)
-        _, vectors = eigh(cov, subset_by_index=[width - k, width - 1], overwrite_a=True, check_finite=False)
-        components = vectors[:, ::-1].T  # (k, V), largest variance first
+        if self._kept is not None:
+            _, _, vt = np.linalg.svd(np.concatenate(self._kept) - mean.astype(np.float32), full_matrices=False)
+            components = vt[:k]
+        else:
+            cov = self._gram_VV  # in place: (gram / n) - mean mean^T, upper triangle (what eigh reads below)
+            cov /= self.rows
+            cov = blas.ssyr(-1.0, mean.astype(np.float32), a=cov, lower=0, overwrite_a=1)
+            _, vectors = eigh(cov, lower=False, subset_by_index=[width - k, width - 1], overwrite_a=True)
+            components = vectors[:, ::-1].T  # (k, V), largest variance first
+        self._kept = self._gram_VV = None
         signs = np.sign(components[np.arange(k), np.abs(components).argmax(1)])
         return RoiPca(mean.astype(np.float32), (components * signs[:, None]).astype(np.float32), dim)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from shards_tools.nsd_files import read_ctab, read_session_betas
-from shards_tools.roi_features import PAPER_GROUPS, RoiPca, resolve_groups, zscore_by_session
+from shards_tools.roi_features import PAPER_GROUPS, PcaAccumulator, RoiPca, resolve_groups, zscore_by_session
 
 KASTNER = [
     "V1v",
@@ -85,6 +85,21 @@ def test_roi_pca_pads_and_reconstructs():
     assert scores.shape == (30, 12) and np.all(scores[:, 9:] == 0)
     np.testing.assert_allclose(scores[:, :9] @ pca.components_KV + pca.mean_V, train, atol=1e-4)
     assert RoiPca.fit(train, dim=3).transform(train).shape == (30, 3)
+
+
+@pytest.mark.parametrize("batches", [(20, 15), (30, 40, 130)], ids=["fewer-rows-than-columns", "more"])
+def test_pca_from_batches_matches_the_svd_of_all_rows(batches):
+    """Rows kept (exact SVD) while they number at most the columns; the covariance's eigenvectors after."""
+    rng = np.random.default_rng(4)
+    data = (rng.standard_normal((sum(batches), 60)) * np.linspace(3, 0.1, 60)).astype(np.float32)
+    acc = PcaAccumulator(60)
+    for chunk in np.split(data, np.cumsum(batches)[:-1]):
+        acc.add(chunk)
+    pca = acc.fit(8)
+    _, _, vt = np.linalg.svd(data - data.mean(0), full_matrices=False)  # the reference
+    np.testing.assert_allclose(pca.mean_V, data.mean(0), atol=1e-5)
+    np.testing.assert_allclose(np.abs(np.diag(pca.components_KV @ vt[:8].T)), 1.0, atol=1e-3)
+    assert (pca.components_KV[np.arange(8), np.abs(pca.components_KV).argmax(1)] > 0).all()  # signs fixed
 
 
 def test_betas_from_nifti_and_matlab_order_hdf5_agree(tmp_path):

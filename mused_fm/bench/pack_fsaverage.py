@@ -4,7 +4,8 @@ A simulated release of two subjects with one session each, at fsaverage's 163842
 hemisphere and NSD's 750 trials (each .mgh 491 MB, as NSD's), then pack-nsd on one pinned core
 (OMP/MKL/OpenBLAS and torch at one thread): first subj01 alone (the cohort basis is fitted on it, so
 its betas are read twice), then subj02 appended (projected with that basis: read once). Each pack runs
-in its own process, which reports the seconds inside pack-nsd (imports excluded) and its peak RSS.
+in its own process, which reports the seconds inside pack-nsd (imports excluded) and its peak RSS
+(VmHWM: ru_maxrss would carry over the benchmark process's own peak across fork and exec).
 MB/s is the MB of betas files of the packed subject over those seconds.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 
 REAL_VERTICES = 163842
 CHILD = """
-import json, os, resource, sys, time
+import json, os, sys, time
 os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 import torch
 torch.set_num_threads(1)
@@ -29,8 +30,8 @@ from shards_tools.__main__ import main
 start = time.perf_counter()
 code = main(sys.argv[1:])
 seconds = time.perf_counter() - start
-print("BENCH " + json.dumps({"code": code, "seconds": seconds,
-      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]  # this process's own peak
+print("BENCH " + json.dumps({"code": code, "seconds": seconds, "peak_rss_mb": int(hwm[0].split()[1]) / 1024}))
 """
 
 
