@@ -7,7 +7,8 @@ Shape legend: B batch, D width, k new subjects.
     freeze_for_new_subjects(model)                 # only `new` trains; BatchNorm stays in eval mode
     before = snapshot(model)                       # every parameter and buffer, on the CPU
     Engine(Objective(model)) ... steps on the new subjects' training samples, early stopping on their
-                                 validation split (mean mAP over datasets, adapt.patience evaluations)
+                                 validation split (mean mAP over datasets, adapt.patience evaluations;
+                                 the untrained start, step 0, is a candidate too)
     result = deep copy of the model before DeepSpeed + the best `new` rows
     assert_unchanged(before, result)               # bit for bit, or no export
     result.merge_new_subjects(); result.save_pretrained(out/export)
@@ -36,7 +37,6 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -307,7 +307,18 @@ def _fit(
     label = f"{method} @ {fraction:g}, seed {seed} ({n_train} samples)"
     if dist.is_main:
         logger.info("%s: %s", label, trainable_summary(model))
-    best = RunResult(method, fraction, seed, n_train, 0, 0, -math.inf, None, engine.dtype)
+
+    def validation_score() -> float:
+        engine.train(False)
+        metrics = evaluate_streams(engine.module.model, val, "val", 256, dist, engine.dtype, pad=engine.stage == 3)
+        engine.train(True)
+        return broadcast_value(mean_map(metrics) if dist.is_main else 0.0)
+
+    # The start is a candidate too (for tokens: the zero-shot mean token): training that only lowers the
+    # validation score, as a few samples at a high learning rate can, then keeps the starting weights.
+    score = validation_score()
+    log.write({"step": 0, "split": "val", "mAP": score})
+    best = RunResult(method, fraction, seed, n_train, 0, 0, score, engine.full_state_dict(), engine.dtype)
     stale, step = 0, 0
     for step in range(1, t.max_steps + 1):
         rng = np.random.default_rng([seed, dist.rank, step])
@@ -319,10 +330,7 @@ def _fit(
         engine.step()
         if step % t.eval_every and step != t.max_steps:
             continue
-        engine.train(False)
-        metrics = evaluate_streams(engine.module.model, val, "val", 256, dist, engine.dtype, pad=engine.stage == 3)
-        engine.train(True)
-        score = broadcast_value(mean_map(metrics) if dist.is_main else 0.0)
+        score = validation_score()
         log.write({"step": step, "loss": float(loss.detach()), "split": "val", "mAP": score})
         if score > best.val_mAP:
             best = dataclasses.replace(best, best_step=step, val_mAP=score, state=engine.full_state_dict())

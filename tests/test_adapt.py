@@ -40,14 +40,25 @@ def adapt(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def assert_only_new_row_changed(base_export: Path, adapted_export: Path, n_new: int = 1) -> None:
+    """Only the new rows differ from the base export; they left the mean token exactly when the run's
+    validation-selected step (curve.json's token-only best_step) is past the untrained start."""
     old, new = load_file(str(base_export / "model.safetensors")), load_file(str(adapted_export / "model.safetensors"))
+    curve = json.loads((adapted_export.parent / "curve.json").read_text())
+    trained = [p["best_step"] > 0 for p in curve if p["method"] == "tokens"][-1]
     assert set(old) == set(new)
     for key, value in old.items():
         if key == "subject_tokens.table":
             n = value.shape[0]
             assert new[key].shape == (n + n_new, *value.shape[1:])
             assert torch.equal(new[key][:n], value), "known subjects' tokens moved"
-            assert not torch.equal(new[key][n:], value.mean(0, keepdim=True).expand(n_new, -1, -1)), "not trained"
+            ids = json.loads((adapted_export / "registry.json").read_text())["subjects"]
+            means = [
+                value[[i for i, s in enumerate(ids[:n]) if s.split("/")[0] == d.split("/")[0]]].mean(0) for d in ids[n:]
+            ]
+            at_mean = torch.allclose(new[key][n:], torch.stack(means), rtol=0, atol=1e-6)  # the dataset's mean token
+            assert at_mean != trained, (
+                f"best step {'past' if trained else 'at'} the start, new rows at the mean: {at_mean}"
+            )
         else:
             assert torch.equal(new[key], value), key  # weights and buffers (BatchNorm statistics) alike
 
@@ -83,6 +94,22 @@ def test_token_only_adaptation_changes_nothing_else(base, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "nsd/subj04" in json.loads((tmp_path / "e.json").read_text())["subjects"]
+
+
+def test_the_untrained_start_is_kept_when_training_only_lowers_validation(base, tmp_path):
+    """Early stopping counts step 0: a learning rate that wrecks the tokens leaves the mean token in the export."""
+    out = tmp_path / "a"
+    args = ["--checkpoint", str(base["export"]), "--shards", str(base["nsd"]), "--subjects", "nsd/subj04"]
+    proc = adapt(
+        *args, "--out", str(out), "train.max_steps=20", "train.eval_every=10", "train.lr=1e4", "adapt.zero_shot=true"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    curve = {p["method"]: p for p in json.loads((out / "curve.json").read_text())}
+    assert curve["tokens"]["best_step"] == 0 and curve["tokens"]["mAP"] == curve["zero_shot"]["mAP"]
+    log = [json.loads(line) for line in (out / "runs/tokens_f1_s0/metrics.jsonl").read_text().splitlines()]
+    val = [r for r in log if r.get("split") == "val"]
+    assert val[0]["step"] == 0 and all(r["mAP"] < val[0]["mAP"] for r in val[1:])
+    assert_only_new_row_changed(base["export"], out / "export")
 
 
 def test_two_rank_adaptation_through_the_recipe(base, tmp_path):

@@ -91,7 +91,9 @@ def comparison_sections(c: Comparison, figure: str = "comparison.png", forest: s
         "(random scores) are deterministic.",
     ]
     for dataset in c.datasets:
-        intro += ["", f"### {dataset}", "", _method_table(c, dataset), *_against_ridge(c, dataset)]
+        where = protocol.get("shards", {}).get(dataset)
+        shards = [f"Shards: `{where}`.", ""] if where else []  # NSD: `make demo-compare` uses the paper's volumes
+        intro += ["", f"### {dataset}", "", *shards, _method_table(c, dataset), *_against_ridge(c, dataset)]
     diffs = differences(c, PAIRS)
     sections = ["\n".join(intro)]
     if diffs:
