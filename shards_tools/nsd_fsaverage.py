@@ -154,16 +154,18 @@ def project(subject: SurfaceSubject, session_T: np.ndarray, train_T: np.ndarray,
     return out
 
 
-def basis_arrays(rois: SurfaceRois, basis: list[RoiPca]) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = {"roi_names": np.array(rois.names)}
+def basis_arrays(rois: SurfaceRois, basis: list[RoiPca], fitted_on: list[str]) -> dict[str, np.ndarray]:
+    """The basis as plain arrays: ROI names, the subjects whose training trials fitted it, and per ROI i
+    mean_i (V_i,), components_i (K_i, V_i) and vertices_i (V_i,) (indices into lh + rh)."""
+    arrays: dict[str, np.ndarray] = {"roi_names": np.array(rois.names), "fitted_on": np.array(fitted_on)}
     for i, (pca, vertices) in enumerate(zip(basis, rois.vertices, strict=True)):
         arrays.update({f"mean_{i}": pca.mean_V, f"components_{i}": pca.components_KV, f"vertices_{i}": vertices})
     return arrays
 
 
-def save_basis(out_url: str, rois: SurfaceRois, basis: list[RoiPca]) -> None:
+def save_basis(out_url: str, rois: SurfaceRois, basis: list[RoiPca], fitted_on: list[str]) -> None:
     buf = io.BytesIO()
-    np.savez(buf, **basis_arrays(rois, basis))  # plain arrays only; loaded with allow_pickle=False
+    np.savez(buf, **basis_arrays(rois, basis, fitted_on))  # plain arrays only; loaded with allow_pickle=False
     storage.write_bytes(storage.join(out_url, COHORT_BASIS), buf.getvalue())
 
 
@@ -181,6 +183,7 @@ def load_basis(out_url: str, rois: SurfaceRois, dim: int) -> list[RoiPca] | None
                 "(--atlas, --roi-groups or the label files differ); pack into a new --out with these settings."
             )
         basis = [RoiPca(f[f"mean_{i}"], f[f"components_{i}"], dim) for i in range(len(names))]
+        logger.info("%s: the cohort basis fitted on %s", url, [str(x) for x in f["fitted_on"]])
     if any(p.components_KV.shape[0] > dim for p in basis):
         raise InputError(f"{url} has more components than --roi-dim {dim}; pack with the --roi-dim it was made with.")
     return basis

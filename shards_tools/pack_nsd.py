@@ -248,7 +248,7 @@ def _cohort_basis(args: argparse.Namespace, rois, prepared: dict) -> list[RoiPca
     logger.info("fitting the cohort basis on the training trials of %s", list(prepared))
     fit_on = [(p["reader"], p["trials"][:, 0], p["split"] == "train") for p in prepared.values()]
     basis = fsavg.fit_basis(fit_on, args.roi_dim)
-    fsavg.save_basis(args.out, rois, basis)
+    fsavg.save_basis(args.out, rois, basis, fitted_on=list(prepared))
     return basis
 
 
@@ -259,7 +259,8 @@ def _surface_tokens(prep: dict, cohort, sub, roi_dim: int) -> tuple[np.ndarray, 
     bold = fsavg.project(reader, session_T, train_T, basis)
     sub.facts["nan_vertices"] = reader.nan_counts()
     sub.facts["roi_basis"] = fsavg.COHORT_BASIS if cohort else f"preproc/{sub.name}.npz"
-    return bold, {**reader.nan_masks(), **({} if cohort else fsavg.basis_arrays(reader.rois, basis))}
+    own = {} if cohort else fsavg.basis_arrays(reader.rois, basis, [reader.subject])
+    return bold, {**reader.nan_masks(), **own}
 
 
 def _prepare(layout: NsdLayout, subject: str, design: dict, args: argparse.Namespace, rois=None) -> dict:

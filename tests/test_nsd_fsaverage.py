@@ -135,6 +135,8 @@ def test_cohort_basis_is_the_pca_of_the_first_packs_training_trials(raw, cohort)
 
 def test_an_appended_subject_is_projected_with_the_unchanged_basis(raw, cohort):
     assert _sha(cohort / "preproc/cohort-basis.npz") == (cohort / "basis-before-append.sha256").read_text()
+    with np.load(cohort / "preproc/cohort-basis.npz", allow_pickle=False) as f:
+        assert list(f["fitted_on"]) == ["subj01", "subj02", "subj03"]
     manifest = json.loads((cohort / "manifest.json").read_text())
     assert manifest["subjects"]["nsd/subj04"]["facts"]["roi_basis"] == "preproc/cohort-basis.npz"
     with np.load(cohort / "preproc/cohort-basis.npz", allow_pickle=False) as f:

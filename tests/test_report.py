@@ -145,7 +145,7 @@ def test_new_subject_verdict_only_at_ten_percent():
         {"method": "tokens", "fraction": 0.1, "n_train": 10, "mAP": 0.27, **scores},
         {"method": "in_pretraining", "fraction": 1.0, "n_train": 100, "mAP": 0.30, **scores},
     ]
-    assert "90% of the 0.300" in markdown.new_subject(points, "nsd/subj06")
+    assert "90.0% of the 0.300" in markdown.new_subject(points, "nsd/subj06")
     assert "target at 10%: at least 90%, met" in markdown.new_subject(points, "nsd/subj06")
     points[0] = {**points[0], "fraction": 0.25}
     assert "target" not in markdown.new_subject(points, "nsd/subj06")
@@ -162,10 +162,10 @@ def test_new_subject_aggregates_seeds_and_states_the_zero_shot_gain():
         {"method": "in_pretraining", "fraction": 1.0, "n_train": 100, "seed": 0, "mAP": 0.30, **scores},
     ]
     text = markdown.new_subject(points, "nsd/subj06")
-    assert "token-only adaptation reaches test mAP 0.280 [0.230, 0.330] over 3 seed(s), 93% of the 0.300" in text
-    assert "met by the mean; the interval's lower end is 77%" in text
+    assert "token-only adaptation reaches test mAP 0.280 [0.230, 0.330] over 3 seed(s), 93.3% of the 0.300" in text
+    assert "met by the mean; the interval's lower end is 76.8%" in text
     assert (
-        "Zero-shot (the mean token of the dataset's known subjects, no training): 0.200 (67% of the in-pretraining"
+        "Zero-shot (the mean token of the dataset's known subjects, no training): 0.200 (66.7% of the in-pretraining"
         in text
     )
     assert "10% +0.080" in text

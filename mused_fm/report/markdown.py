@@ -225,17 +225,17 @@ def new_subject(points: Sequence[dict], subjects_label: str, png: str = "curve.p
         target = ""
         if tokens[0][1] == 0.1:
             target = f" (target at 10%: at least 90%, {'met' if share >= 0.9 else 'not met'} by the mean"
-            target += f"; the interval's lower end is {t.low / ref['mAP']:.0%})" if t.n > 1 else ")"
-        text.append(
+            target += f"; the interval's lower end is {t.low / ref['mAP']:.1%})" if t.n > 1 else ")"
+        text.append(  # one decimal: a share of 89.7% must not read as the 90% it misses
             f"With {tokens[0][1]:.0%} of {subjects_label}'s training data ({groups[tokens[0]][0]['n_train']} samples), "
-            f"token-only adaptation reaches test mAP {t.text()} over {t.n} seed(s), {share:.0%} of the "
+            f"token-only adaptation reaches test mAP {t.text()} over {t.n} seed(s), {share:.1%} of the "
             f"{_f(ref['mAP'])} the subject gets when it is part of pretraining{target}."
         )
     if zero and tokens:
         gains = ", ".join(
             f"{k[1]:.0%} {stats[k].mean - zero['mAP']:+.3f}" for k in sorted(k for k in groups if k[0] == "tokens")
         )
-        of_ref = f" ({zero['mAP'] / ref['mAP']:.0%} of the in-pretraining mAP)" if ref and _finite(zero["mAP"]) else ""
+        of_ref = f" ({zero['mAP'] / ref['mAP']:.1%} of the in-pretraining mAP)" if ref and _finite(zero["mAP"]) else ""
         text.append(
             f"Zero-shot (the mean token of the dataset's known subjects, no training): {_f(zero['mAP'])}{of_ref}; "
             f"fitting the tokens adds, by fraction: {gains}."
