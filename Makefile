@@ -13,6 +13,8 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 # DeepSpeed compiles a comm op on first use; keep the build cache so tests and CI pay once.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+# The tiny CLIP of the simulated cohort is trained once per preset and seed, then copied from here.
+export MUSED_FM_CACHE ?= $(CURDIR)/.cache/mused_fm
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= disabled
 

@@ -195,3 +195,16 @@ def test_a_run_from_before_the_recipe_split_still_loads(tmp_path):
     old = {**recipe_to_dict(demo), "adapt": {"checkpoint": "", "fraction": 1.0, "fractions": []}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     assert _run_recipe(tmp_path / "config.yaml") == demo
+
+
+def test_the_clip_stand_ins_alignment_is_stated_with_its_control():
+    text = markdown.clip_alignment(
+        {
+            "stimuli": 500,
+            "hlv_label_r": 0.317,
+            "hlv_label_r_shuffled": 0.004,
+            "llv_image_r": 0.49,
+            "llv_image_r_shuffled": -0.001,
+        }
+    )
+    assert "correlates r = 0.32 with the stimuli's label similarity (+0.00 against shuffled labels" in text

@@ -132,6 +132,8 @@ def write_report(root: str | Path, shards: list[str] = (), attention_samples: in
         f"{run_info.get('world_size', '?')} rank(s) with ZeRO stage {run_info.get('zero_stage', '?')}. Report written "
         f"{datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}."
     ]
+    if inputs.cohort and inputs.cohort.get("clip_alignment"):
+        sections.append(markdown.clip_alignment(inputs.cohort["clip_alignment"]))
     train, val = read_metrics(inputs.run)
     figures.plot_training(train, val, datasets, out / "training.png")
     sections.append(markdown.training(train, val, datasets))

@@ -24,6 +24,8 @@ class ReportInputs:
     eval: dict | None
     adapts: dict[Path, list[dict]]
     """New-subject sweep directory -> its curve.json points."""
+    cohort: dict | None = None
+    """A `make demo` directory's raw/synth_summary.json: the simulated cohort, with its CLIP's alignment."""
 
 
 def read_metrics(run: Path) -> tuple[list[dict], list[dict]]:
@@ -61,4 +63,4 @@ def find_inputs(root: str | Path) -> ReportInputs:
         raise MissingFileError(f"{run}/export does not exist: the run has not finished (rerun its training command).")
     eval_json = _json(root / "eval.json") or _json(run / "eval.json")
     adapts = {p.parent: json.loads(p.read_text()) for p in sorted(root.glob("adapt*/curve.json"))}
-    return ReportInputs(root, run, eval_json, adapts)
+    return ReportInputs(root, run, eval_json, adapts, _json(root / "raw" / "synth_summary.json"))

@@ -255,3 +255,19 @@ def new_subject(points: Sequence[dict], subjects_label: str, png: str = "curve.p
             table(["method", "fraction", "n_train", "seeds", "mAP mean [95% CI]", "per seed", "AUC (mean)"], rows),
         ]
     )
+
+
+def clip_alignment(a: dict) -> str:
+    """The simulated cohort's CLIP stand-in: how much its features mean (shards_tools.tiny_clip.clip_alignment)."""
+    return "\n".join(
+        [
+            "## The CLIP stand-in",
+            "",
+            f"The cohort's tiny CLIP is trained contrastively on its own image-caption pairs. Over {a['stimuli']} "
+            f"NSD-like stimuli, the similarity of its high-level features correlates r = {a['hlv_label_r']:.2f} with "
+            f"the stimuli's label similarity ({a['hlv_label_r_shuffled']:+.2f} against shuffled labels, the "
+            f"negative control), and its low-level features' similarity r = {a['llv_image_r']:.2f} with the images' "
+            f"low-level statistics ({a['llv_image_r_shuffled']:+.2f} shuffled). The real ViT-B/16 cannot be "
+            "measured here (no weights offline).",
+        ]
+    )

@@ -55,7 +55,7 @@ def synth(out_dir: str | Path, preset: str = "test", seed: int = 0, *, clip: boo
     from shards_tools.synth.bids import write_bids
     from shards_tools.synth.coco import COCO_CATEGORIES
     from shards_tools.synth.hcp import write_hcp
-    from shards_tools.synth.nsd import write_nsd
+    from shards_tools.synth.nsd import make_stimuli, write_nsd
 
     p = get_preset(preset)
     out = Path(out_dir)
@@ -63,16 +63,22 @@ def synth(out_dir: str | Path, preset: str = "test", seed: int = 0, *, clip: boo
     _clear_previous(out)
     write_json(out / SUMMARY_FILE, {"status": "writing", "preset": preset, "seed": seed})
     start = time.perf_counter()
-    nsd, nsd_text = write_nsd(out / "nsd", p.nsd, seed)
+    stimuli = make_stimuli(p.nsd, seed)
+    nsd, nsd_text = write_nsd(out / "nsd", p.nsd, seed, stimuli)
     hcp, hcp_text = write_hcp(out / "hcp", p.hcp, seed)
     bids, bids_text = write_bids(out / "bids", p.bids, seed)
     summary = {"status": "complete", "preset": preset, "seed": seed, "out": str(out), "nsd": nsd, "hcp": hcp}
     summary["bids"] = bids
     if clip:
-        from shards_tools.tiny_clip import build_tiny_clip
+        from shards_tools.tiny_clip import build_tiny_clip, clip_alignment
 
         corpus = nsd_text + bids_text + [name for _, name, _ in COCO_CATEGORIES] + hcp_text
-        summary["clip"] = str(build_tiny_clip(out / "clip", corpus, seed=seed))
+        # Trained contrastively on the NSD stimuli's (image, captions) pairs: its embeddings carry their content.
+        pairs = stimuli.images_and_captions
+        summary["clip"] = str(build_tiny_clip(out / "clip", corpus, seed=seed, pairs=pairs))
+        summary["clip_alignment"] = clip_alignment(
+            out / "clip", stimuli.images, stimuli.captions, stimuli.labels, stimuli.lowlevel
+        )
     write_json(out / SUMMARY_FILE, summary)
     summary["seconds"] = round(time.perf_counter() - start, 2)
     logger.info("synth preset=%s seed=%d: %s in %.1f s", preset, seed, out, summary["seconds"])

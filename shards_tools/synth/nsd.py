@@ -50,6 +50,11 @@ class NsdStimuli:
     captions: list  # per image: 5 strings
     identity: dict  # COCO identity (cocoId, cocoSplit, size, cropBox)
 
+    @property
+    def images_and_captions(self) -> tuple[np.ndarray, list]:
+        """The (image, captions) pairs the tiny CLIP is trained on."""
+        return self.images, self.captions
+
 
 def make_stimuli(p: NsdPreset, seed: int) -> NsdStimuli:
     names = NSD_CATEGORIES[: p.num_categories]
@@ -123,14 +128,19 @@ def _stim_info_csv(p: NsdPreset, stim: NsdStimuli, design: dict[str, np.ndarray]
     return "\n".join(lines) + "\n"
 
 
-def write_nsd(root: Path, p: NsdPreset, seed: int) -> tuple[dict, list[str]]:
-    """Write the NSD-like release; returns a summary and the text corpus (captions, class names) for CLIP."""
+def write_nsd(root: Path, p: NsdPreset, seed: int, stim: NsdStimuli | None = None) -> tuple[dict, list[str]]:
+    """Write the NSD-like release; returns a summary and the text corpus (captions, class names) for CLIP.
+
+    Args:
+        stim: the stimuli, when the caller made them already (make_stimuli(p, seed)); they are a function
+            of (p, seed), so passing them changes nothing written.
+    """
     import h5py
 
     from shards_tools.synth.nsd_betas import write_ctab, write_subject
     from shards_tools.synth.nsd_surface import write_surface_labels, write_surface_subject
 
-    stim = make_stimuli(p, seed)
+    stim = stim or make_stimuli(p, seed)
     design = make_design(p, seed)
     exp = root / "nsddata" / "experiments" / "nsd"
     # 1 × n row vectors, as MATLAB stores them (readers flatten or index [0]).
