@@ -77,7 +77,9 @@ def _unlink_shm_buffer() -> None:
     (66 MB) in init_distributed, maps every rank's, and never unlinks them: each run on a new port left
     66 MB per rank in /dev/shm (17 GB after a day of tests here). The mappings outlive the name, so after a
     barrier (every rank has opened every other's) the name can go; a later run on the same port then cannot
-    open a stale buffer either.
+    open a stale buffer either. Worlds of one are left alone: they all use port 0, so they share one name
+    (one file, never more), and several of them start at once (the comparison's workers): unlinking there
+    raced another process's creation of the same name and crashed it in the op (measured: a segfault).
     """
     name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
     path = Path("/dev/shm") / f"{name}{os.environ.get('MASTER_PORT', '')}_{torch.distributed.get_rank()}"
@@ -102,7 +104,7 @@ def init_distributed() -> DistInfo:
                 os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's pair sockets on loopback too
             torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size)
     deepspeed.init_distributed(dist_backend=backend, verbose=False)  # wraps the group above when there is one
-    if backend == "gloo":
+    if backend == "gloo" and torch.distributed.get_world_size() > 1:
         _unlink_shm_buffer()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
