@@ -69,6 +69,7 @@ class SurfaceSubject:
 
     def __init__(self, subject: str, sessions: dict[int, tuple[Path, Path]], rois: SurfaceRois) -> None:
         self.subject, self.rois = subject, rois
+        self._nan = [np.zeros(v.size, dtype=bool) for v in rois.vertices]  # per ROI: NaN in some session read
         self.headers = {
             s: dict(zip(HEMISPHERES, map(MghHeader.read, pair), strict=True)) for s, pair in sessions.items()
         }
@@ -91,7 +92,7 @@ class SurfaceSubject:
         return {pair["lh"].frames for pair in self.headers.values()}
 
     def nan_counts(self) -> dict[str, int]:
-        """Per ROI, the vertices NaN in at least one session (after `sessions` has run)."""
+        """Per ROI, the vertices NaN in at least one session read so far (all of them once `sessions` has run)."""
         return {name: int(mask.sum()) for name, mask in zip(self.rois.names, self._nan, strict=True)}
 
     def nan_masks(self) -> dict[str, np.ndarray]:
@@ -108,7 +109,6 @@ class SurfaceSubject:
         keep = np.concatenate(self.rois.vertices)
         split_at = self.rois.hemi_vertices["lh"]
         in_lh = keep < split_at
-        self._nan = [np.zeros(v.size, dtype=bool) for v in self.rois.vertices]
         for session, pair in self.headers.items():
             rows = np.flatnonzero(session_T == session)
             block = np.empty((pair["lh"].frames, keep.size), dtype=np.float32)

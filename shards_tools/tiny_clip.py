@@ -172,17 +172,6 @@ def train_contrastive(
     return losses
 
 
-def _upper_r(a_NN: np.ndarray, b_NN: np.ndarray) -> float:
-    """Pearson r of two similarity matrices over their off-diagonal upper triangles."""
-    i, j = np.triu_indices(len(a_NN), k=1)
-    return float(np.corrcoef(a_NN[i, j], b_NN[i, j])[0, 1])
-
-
-def _cosine(x_NF: np.ndarray) -> np.ndarray:
-    x = x_NF / np.maximum(np.linalg.norm(x_NF, axis=1, keepdims=True), 1e-12)
-    return x @ x.T
-
-
 def clip_alignment(
     clip_dir: str | Path,
     images: np.ndarray,
@@ -200,18 +189,17 @@ def clip_alignment(
     features with another stimulus's labels or statistics (one seeded permutation): the negative control,
     near 0 whatever the model.
     """
-    from shards_tools.clip_features import ClipFeaturizer
+    from shards_tools.clip_features import ClipFeaturizer, similarity_fidelity
 
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(images), size=min(max_stimuli, len(images)), replace=False))
     llv, hlv = ClipFeaturizer(clip_dir).encode(images[chosen], [captions[i] for i in chosen], seeds=chosen)
     labels, stats = labels_NK[chosen].astype(np.float64), lowlevel_NF[chosen].astype(np.float64)
     perm = rng.permutation(len(chosen))
-    sim_hlv, sim_llv = _cosine(hlv.astype(np.float64)), _cosine(llv.astype(np.float64))
-    return {
+    return {  # similarity_fidelity: r between two feature sets' off-diagonal cosine similarities
         "stimuli": len(chosen),
-        "hlv_label_r": _upper_r(sim_hlv, _cosine(labels)),
-        "hlv_label_r_shuffled": _upper_r(sim_hlv, _cosine(labels[perm])),
-        "llv_image_r": _upper_r(sim_llv, _cosine(stats)),
-        "llv_image_r_shuffled": _upper_r(sim_llv, _cosine(stats[perm])),
+        "hlv_label_r": similarity_fidelity(hlv, labels),
+        "hlv_label_r_shuffled": similarity_fidelity(hlv, labels[perm]),
+        "llv_image_r": similarity_fidelity(llv, stats),
+        "llv_image_r_shuffled": similarity_fidelity(llv, stats[perm]),
     }

@@ -71,6 +71,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
+def raw(tmp_path_factory):
+    """The `test` preset's simulated release with its tiny CLIP, written once per session. Read-only: a
+    test that changes a file copies the release first (modules may define their own `raw`)."""
+    from shards_tools.synth import synth
+
+    out = tmp_path_factory.mktemp("raw")
+    synth(out, preset="test", seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
 def moto_endpoint():
     """A real S3 protocol server (moto) on loopback, port chosen by the OS."""
     from shards_tools.s3_server import local_s3_server

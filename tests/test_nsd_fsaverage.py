@@ -17,18 +17,10 @@ from shards_tools import mgh_files
 from shards_tools.__main__ import main as cli
 from shards_tools.mgh_files import MghHeader, read_mgh_frames, read_mgh_labels
 from shards_tools.synth import nsd_surface as surf
-from shards_tools.synth import synth
 
 pytestmark = pytest.mark.slow
 BETAS = "nsd/nsddata_betas/ppdata/{subject}/fsaverage/betas_fithrf_GLMdenoise_RR/{hemi}.betas_session{session:02d}.mgh"
 LABELS = "nsd/nsddata/freesurfer/fsaverage/label/{hemi}.Kastner2015.mgz"
-
-
-@pytest.fixture(scope="module")
-def raw(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("raw")
-    synth(out, preset="test", seed=0)
-    return out
 
 
 def pack(raw: Path, out: Path, subjects: str, *extra: str, root: Path | None = None) -> int:

@@ -15,18 +15,10 @@ from mused_fm.data.tarfiles import iter_samples
 from mused_fm.metrics import multilabel_metrics
 from shards_tools.__main__ import main as cli
 from shards_tools.hcp_files import MOVIES, HcpResources
-from shards_tools.synth import synth
 from shards_tools.verify import verify
 
 pytestmark = pytest.mark.slow
 NSD_SUBJECTS = "subj01,subj02,subj03,subj04,subj05"
-
-
-@pytest.fixture(scope="module")
-def raw(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("raw")
-    synth(out, preset="test", seed=0)
-    return out
 
 
 def pack(verb: str, raw: Path, out: Path, *extra: str) -> Path:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-
 import numpy as np
 import torch
 
@@ -47,9 +45,12 @@ def test_tiny_clip_is_byte_identical_for_the_same_corpus(tmp_path):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
-def test_contrastive_training_gives_the_features_the_stimuli_content():
+def test_contrastive_training_gives_the_features_the_stimuli_content(tmp_path, monkeypatch):
     """Trained on the cohort's image-caption pairs, the high-level feature's similarity follows the stimuli's
-    label similarity; with random weights, and against shuffled labels (the negative control), it does not."""
+    label similarity; with random weights, and against shuffled labels (the negative control), it does not.
+    Each trained build gets its own empty cache, so both really train: seeded training gives one model."""
+    from safetensors.numpy import load_file
+
     from shards_tools.synth.nsd import make_stimuli
     from shards_tools.synth.presets import get_preset
     from shards_tools.tiny_clip import clip_alignment
@@ -57,13 +58,15 @@ def test_contrastive_training_gives_the_features_the_stimuli_content():
     stim = make_stimuli(get_preset("test").nsd, seed=0)  # 160 images, 12 classes, 5 captions each
     corpus = [c for caps in stim.captions for c in caps]
     args = (stim.images, stim.captions, stim.labels, stim.lowlevel)
-    with tempfile.TemporaryDirectory() as tmp:
-        random = clip_alignment(build_tiny_clip(f"{tmp}/random", corpus, seed=0), *args)
-        trained = clip_alignment(
-            build_tiny_clip(f"{tmp}/trained", corpus, seed=0, pairs=stim.images_and_captions), *args
-        )
-        again = clip_alignment(build_tiny_clip(f"{tmp}/again", corpus, seed=0, pairs=stim.images_and_captions), *args)
-    assert trained == again  # seeded: the same pairs and seed give the same model
+    random = clip_alignment(build_tiny_clip(tmp_path / "random", corpus, seed=0), *args)
+    built = {}
+    for name in ("trained", "again"):
+        monkeypatch.setenv("MUSED_FM_CACHE", str(tmp_path / f"cache-{name}"))
+        built[name] = build_tiny_clip(tmp_path / name, corpus, seed=0, pairs=stim.images_and_captions)
+        assert any((tmp_path / f"cache-{name}" / "tiny_clip").iterdir())  # trained here, not copied
+    weights = [load_file(str(built[n] / "model.safetensors")) for n in ("trained", "again")]
+    assert weights[0].keys() == weights[1].keys() and all((weights[0][k] == weights[1][k]).all() for k in weights[0])
+    trained = clip_alignment(built["trained"], *args)
     assert trained["hlv_label_r"] > 0.2 > abs(random["hlv_label_r"]) + 0.1
     assert abs(trained["hlv_label_r_shuffled"]) < 0.1 and abs(trained["llv_image_r_shuffled"]) < 0.1
     assert trained["llv_image_r"] > 0.3  # the first layer is a near-linear map of the pixels
