@@ -365,13 +365,15 @@ def _encoding_map(x_NV: np.ndarray, y_NK: np.ndarray) -> np.ndarray:
 
 
 def test_hcp_signal_is_delayed_and_subject_specific(raw):
-    """Decoding works within a subject at the 4 s delay; subjects' maps differ on the same grid and movie,
-    around a shared cohort layout (brain.subject_maps: template + individual field)."""
+    """Decoding works within a subject at its own hemodynamic delay; subjects' maps differ on the same grid and
+    movie, around a shared cohort layout (brain.subject_maps: template + individual field)."""
     root, summary = raw
     a, b = list(summary["hcp"]["subjects"])[:2]
+    da, db = (summary["hcp"]["subjects"][s]["profile"]["delay_s"] for s in (a, b))  # individual.py: 3-5 s
     mask = np.logical_and.reduce([np.asarray(_hcp_run(root, s, 0).dataobj)[2:, 4:-5, :-2, 0] > 0 for s in (a, b)])
     va, vb = _hcp_subject(root, a, mask), _hcp_subject(root, b, mask)
-    (xa, ya), (xb, yb), (xb_te, yb_te) = _xy(root, va, range(3)), _xy(root, vb, range(3)), _xy(root, vb, range(3, 4))
+    (xa, ya), (xb, yb) = _xy(root, va, range(3), da), _xy(root, vb, range(3), db)
+    xb_te, yb_te = _xy(root, vb, range(3, 4), db)
     own = _auc(_ridge(xb, yb, xb_te), yb_te)
     assert own > 0.85
     assert 0.6 < _auc(_ridge(xa, ya, xb_te), yb_te) < own  # a's decoder transfers to b, but only in part
@@ -379,13 +381,15 @@ def test_hcp_signal_is_delayed_and_subject_specific(raw):
     (x0, y0), (x0_te, y0_te) = _xy(root, vb, range(3), 0), _xy(root, vb, range(3, 4), 0)
     assert own - _auc(_ridge(x0, y0, x0_te), y0_te) > 0.2
     # Encoding maps from the same amount of data (runs 1-2 vs 3-4): a subject's own halves agree more than
-    # halves of two subjects, which still agree (shared layout). Measured: within 0.21, across 0.12-0.13.
+    # halves of two subjects, which still agree (shared layout). Measured: within 0.09, across 0.03 (with
+    # individual.py's noise, saturation and misalignment; before them 0.21 and 0.12-0.13).
     a1, a2, b2 = (
-        _encoding_map(*_xy(root, v, runs)) for v, runs in ((va, range(2)), (va, range(2, 4)), (vb, range(2, 4)))
+        _encoding_map(*_xy(root, v, runs, d))
+        for v, runs, d in ((va, range(2), da), (va, range(2, 4), da), (vb, range(2, 4), db))
     )
     within = np.corrcoef(a1.ravel(), a2.ravel())[0, 1]
     across = np.corrcoef(a1.ravel(), b2.ravel())[0, 1]
-    assert within > 0.1 and 0.2 * within < across < 0.8 * within
+    assert within > 0.05 and 0.2 * within < across < 0.8 * within
 
 
 # ---------------------------------------------------------------- BIDS

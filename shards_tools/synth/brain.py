@@ -209,12 +209,14 @@ def subject_maps(
     sigma: float = 1.5,
     template: Template | None = None,
     individual: float = INDIVIDUAL_SHARE,
+    shift_scale_V: np.ndarray | None = None,
 ):
     """Smooth maps of the subject, unit variance over the brain: (W_cat (K, V), W_ll (F, V)).
 
     Without a template, fully individual smooth random fields (sigma in voxels). With one,
     W = sqrt(1 - individual) * template(u + shift) + sqrt(individual) * own field, where `shift` is a
-    small displacement of the subject's functional layout relative to its anatomy.
+    small displacement of the subject's functional layout relative to its anatomy, times `shift_scale_V`
+    per voxel (larger in higher-order areas: individual.MISALIGNMENT).
     """
     fields = rng.standard_normal((num_classes + num_lowlevel, *brain.shape)).astype(np.float32)
     fields = gaussian_filter(fields, sigma=(0, sigma, sigma, sigma), mode="nearest")
@@ -223,7 +225,8 @@ def subject_maps(
         if template.num_maps != len(w):
             raise InputError(f"template has {template.num_maps} maps, the subject needs {len(w)}")
         shift = rng.normal(0, TEMPLATE_SHIFT, 3).astype(np.float32)
-        shared = standardize(template(brain.u[:, brain.mask] + shift[:, None]))
+        scale = np.ones(w.shape[1], np.float32) if shift_scale_V is None else shift_scale_V  # per voxel
+        shared = standardize(template(brain.u[:, brain.mask] + shift[:, None] * scale[None, :]))
         w = standardize(np.sqrt(1 - individual) * shared + np.sqrt(individual) * w)
     return w[:num_classes], w[num_classes:]
 

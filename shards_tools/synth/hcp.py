@@ -14,8 +14,10 @@ Layout and formats as the real release (the paths of shards_tools/hcp_files.py):
 
 Signal: each subject has a brain mask and its own smooth maps of the WordNet class vector and of the
 low-level statistics of the frame that opens each second (of the stimulus version the subject saw),
-strongest in posterior (visual) voxels, delayed by 4 s (the hemodynamic delay CLIP-MUSED assumes), as
-a percentage of a smooth baseline intensity, plus AR(1) noise. Rest seconds carry no stimulus signal.
+strongest in posterior (visual) voxels, delayed by the subject's own hemodynamic delay (3, 4 or 5 s
+around the 4 s CLIP-MUSED assumes), saturating, as a percentage of a smooth baseline intensity, plus
+spatially correlated AR(1) noise; gains, SNR and misalignment differ per subject (individual.py). Rest
+seconds carry no stimulus signal.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import numpy as np
 from mused_fm.files import atomic_path
 from shards_tools.synth import brain as B
 from shards_tools.synth import hcp_movie as M
+from shards_tools.synth import individual as I
 from shards_tools.synth import stimuli
 from shards_tools.synth.files import rng_for, save_nifti, write_text
+from shards_tools.synth.nsd_betas import profile_summary
 from shards_tools.synth.presets import HcpPreset
 
 __all__ = ["CROP", "DELAY_S", "timing_csv", "write_hcp"]
@@ -75,14 +79,23 @@ def _subject_volumes(
     cat_gain = np.clip(1 - np.abs(post - 0.45) / 0.35, 0, 1) * (brain.u[2][m] < 0.4)  # ventral/lateral, further on
     num_k, num_f = labels[0].shape[1], lowlevel[0].shape[1]
     template = B.cohort_template(num_k, num_f, rng_for(seed, "hcp", "template"))
-    w_cat, w_ll = B.subject_maps(brain, num_k, num_f, rng, template=template)
+    profile = I.profile_of(seed, "hcp", sid)
+    early = np.clip(ll_gain, 0, 1)  # (V,) 1 in early visual cortex: V1's misalignment and SNR there, IPS's elsewhere
+    shift_scale = I.MISALIGNMENT["V1"] + (I.MISALIGNMENT["IPS"] - I.MISALIGNMENT["V1"]) * (1 - early)
+    w_cat, w_ll = B.subject_maps(brain, num_k, num_f, rng, template=template, shift_scale_V=shift_scale)
     baseline = (9000 + 1500 * B.subject_maps(brain, 1, 0, rng, sigma=3.0)[0][0]).astype(np.float32)  # (V,)
-    stim = B.neural_response(np.concatenate(labels), np.concatenate(lowlevel), w_cat, w_ll, cat_gain, ll_gain)
+    ll_v = ll_gain * profile.gain_ll[0]  # the early (V1) factors for low-level tuning, LO's for categories
+    cat_v = cat_gain * profile.gain_cat[I.GROUPS.index("LO")]
+    stim = I.saturate(B.neural_response(np.concatenate(labels), np.concatenate(lowlevel), w_cat, w_ll, cat_v, ll_v))
+    snr = I.ROI_SNR["V1"] * early + I.ROI_SNR["IPS"] * (1 - early)
+    noise_sd = NOISE_PCT * p.noise_scale * profile.noise / snr  # (V,)
+    noise_maps = B.subject_maps(brain, I.NOISE_MAPS, 0, rng_for(seed, "hcp-noise", sid), sigma=2.0)[0]
+    delay = profile.delay_s  # the subject's own hemodynamic delay (the packer assumes DELAY_S)
     bounds = np.cumsum([len(x) for x in labels])[:-1]
     for (movie, pe), run_stim in zip(M.MOVIES, np.split(stim, bounds), strict=True):
-        delayed = np.zeros_like(run_stim)  # (T, V): the response to second t appears at TR t + 4
-        delayed[DELAY_S:] = run_stim[:-DELAY_S]
-        noise = rng.normal(0, NOISE_PCT, run_stim.shape).astype(np.float32)  # (T, V)
+        delayed = np.zeros_like(run_stim)  # (T, V): the response to second t appears at TR t + delay
+        delayed[delay:] = run_stim[:-delay]
+        noise = I.correlated_noise(rng, noise_maps, len(run_stim), noise_sd)  # (T, V), then AR(1) in time
         for t in range(1, len(noise)):
             noise[t] += NOISE_AR * noise[t - 1]
         vol = np.zeros((*p.raw_grid, len(run_stim)), dtype=np.float32)  # (X, Y, Z, T)
@@ -140,7 +153,11 @@ def write_hcp(root: Path, p: HcpPreset, seed: int) -> tuple[dict, list[str]]:
         _write_tables(res, p, cats.names, runs, per_run)
         lowlevel = _lowlevel(runs, stim_s, p.frame_size)
         subjects = {
-            sid: {"version": v, "brain_voxels": _subject_volumes(root, p, sid, seed, labels, lowlevel[v])}
+            sid: {
+                "version": v,
+                "brain_voxels": _subject_volumes(root, p, sid, seed, labels, lowlevel[v]),
+                "profile": profile_summary(I.profile_of(seed, "hcp", sid)),
+            }
             for sid, v, _ in p.subjects
         }
         movies.result()  # re-raises an encoding error here
@@ -153,6 +170,6 @@ def write_hcp(root: Path, p: HcpPreset, seed: int) -> tuple[dict, list[str]]:
         "grid": list(p.raw_grid),
         "cropped_grid": list(np.zeros(p.raw_grid)[CROP].shape),
         "synsets": list(cats.names),
-        "delay_s": DELAY_S,
+        "delay_s": DELAY_S,  # what the packer assumes; each subject's own is in its profile
     }
     return summary, [stimuli.synset_word(s) for s in cats.names] + list(cats.names)

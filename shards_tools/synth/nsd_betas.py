@@ -24,10 +24,11 @@ from scipy.ndimage import binary_dilation
 
 from mused_fm.files import atomic_path
 from shards_tools.synth import brain as B
+from shards_tools.synth import individual as I
 from shards_tools.synth.files import rng_for, save_nifti, write_text
 from shards_tools.synth.presets import NSD_GRIDS, NsdPreset
 
-__all__ = ["write_ctab", "write_subject"]
+__all__ = ["profile_summary", "write_ctab", "write_subject"]
 
 VOXEL_MM = 1.8
 SCALE = 300  # betas are stored as percent signal change × 300 (divide by 300 to read)
@@ -45,6 +46,19 @@ def write_ctab(root: Path) -> None:
     write_text(
         root / "nsddata" / "freesurfer" / "fsaverage" / "label" / "Kastner2015.mgz.ctab", "\n".join(lines) + "\n"
     )
+
+
+def profile_summary(profile: I.Profile) -> dict:
+    """The subject's drawn differences for synth_summary.json (per ROI group, then 'other')."""
+    names = [*I.GROUPS, "other"]
+    return {
+        "noise": round(profile.noise, 4),
+        "delay_s": profile.delay_s,
+        **{
+            k: dict(zip(names, np.round(v, 4).tolist(), strict=True))
+            for k, v in (("snr", profile.snr), ("gain_ll", profile.gain_ll), ("gain_cat", profile.gain_cat))
+        },
+    }
 
 
 def _affine(grid: tuple[int, int, int]) -> np.ndarray:
@@ -76,11 +90,17 @@ def write_subject(
     m = brain.mask
     num_k, num_f = labels_NK.shape[1], lowlevel_NF.shape[1]
     template = B.cohort_template(num_k, num_f, rng_for(seed, "nsd", "template"))
-    w_cat, w_ll = B.subject_maps(brain, num_k, num_f, rng, template=template)
+    profile = I.profile_of(seed, "nsd", name)
+    groups = I.group_of_labels(atlas[m])  # (V,) ROI group of each voxel
+    shift_scale = I.misalignment_of_groups(groups)
+    w_cat, w_ll = B.subject_maps(brain, num_k, num_f, rng, template=template, shift_scale_V=shift_scale)
+    ll_v, cat_v = ll_gain[m] * profile.gain_ll[groups], cat_gain[m] * profile.gain_cat[groups]
 
-    resp = B.neural_response(labels_NK[trial_ids], lowlevel_NF[trial_ids], w_cat, w_ll, cat_gain[m], ll_gain[m])
+    resp = I.saturate(B.neural_response(labels_NK[trial_ids], lowlevel_NF[trial_ids], w_cat, w_ll, cat_v, ll_v))
     visual = (ll_gain[m] + cat_gain[m]) / 2  # (V,) mean evoked response of visual voxels
-    psc = 1.2 * visual + 1.5 * resp + rng.normal(0, NOISE_PSC, resp.shape).astype(np.float32)  # (N, V)
+    noise_maps = B.subject_maps(brain, I.NOISE_MAPS, 0, rng_for(seed, "nsd-noise", name), sigma=2.0)[0]
+    noise_sd = NOISE_PSC * p.noise_scale * profile.noise / profile.snr[groups]  # (V,)
+    psc = 1.2 * visual + 1.5 * resp + I.correlated_noise(rng, noise_maps, len(trial_ids), noise_sd)  # (N, V)
     tps = p.trials_per_session
     num_sessions = len(trial_ids) // tps
     for s in range(num_sessions):
@@ -115,6 +135,7 @@ def write_subject(
         "sessions": num_sessions,
         "sessions_on_disk": on_disk,
         "hdf5_sessions": hdf5,
+        "profile": profile_summary(profile),
         "roi_voxels": {
             g: int(np.isin(atlas, [B.KASTNER_NAMES.index(n) + 1 for n in names]).sum())
             for g, (names, _) in B.ROI_GROUPS.items()

@@ -11,9 +11,10 @@ As the real release (the paths of shards_tools/nsd_files.py):
 The mesh is a sphere per hemisphere: `vertices` points of a Fibonacci lattice (the real fsaverage has
 163842 = 10·4^7 + 2; the presets use the smaller icosphere counts 642, 2562, 10242). A vertex's label is
 its nearest Kastner anchor (brain.ANCHORS, in hemisphere coordinates: x lateral). Responses follow the
-same model as the volumes (brain.py): each subject's maps are the cohort template, read at the subject's
-own small rotation of the sphere (its misalignment, a displacement on the surface), mixed with a smooth
-field of its own.
+same model as the volumes (brain.py, individual.py): each subject's maps are the cohort template, read at
+the subject's own small rotation of the sphere (its misalignment, a displacement on the surface, larger
+in higher-order areas), mixed with a smooth field of its own; the subject's gains, SNR and noise are
+those of its volumes (the same individual.Profile).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from mused_fm.files import atomic_path
 from shards_tools.synth import brain as B
+from shards_tools.synth import individual as I
 from shards_tools.synth.files import rng_for
 from shards_tools.synth.nsd_betas import NOISE_PSC, SESSION_DRIFT_PSC
 from shards_tools.synth.presets import NsdPreset
@@ -94,16 +95,27 @@ def write_surface_subject(
     sphere = sphere_vertices(p.surface_vertices)
     beta_dir = root / "nsddata_betas" / "ppdata" / name / "fsaverage" / "betas_fithrf_GLMdenoise_RR"
     nan_vertices = {}
+    profile = I.profile_of(seed, "nsd", name)  # the subject's differences, as in its volumes
+    noise_field = B.Template(I.NOISE_MAPS, rng_for(seed, "nsd-fsaverage-noise", name))
     for hemi in HEMISPHERES:
         atlas = surface_atlas(sphere)
+        groups = I.group_of_labels(atlas)
         ll_gain, cat_gain = B.roi_gains(atlas)
-        shift = Rotation.from_rotvec(rng.normal(0, B.TEMPLATE_SHIFT, 3)).as_matrix().astype(np.float32)
-        shared = B.standardize(template(_brain_coordinates(shift @ sphere, hemi)))
+        # The subject's displacement: a small rotation of the sphere, larger in higher-order areas.
+        turn = rng.normal(0, B.TEMPLATE_SHIFT, 3).astype(np.float32)
+        moved = sphere + I.misalignment_of_groups(groups)[None, :] * np.cross(turn, sphere.T).T
+        moved /= np.linalg.norm(moved, axis=0, keepdims=True)
+        shared = B.standardize(template(_brain_coordinates(moved, hemi)))
         individual = B.standardize(own(_brain_coordinates(sphere, hemi)))
         w = B.standardize(np.sqrt(1 - B.INDIVIDUAL_SHARE) * shared + np.sqrt(B.INDIVIDUAL_SHARE) * individual)
-        resp = B.neural_response(labels_NK[trial_ids], lowlevel_NF[trial_ids], w[:num_k], w[num_k:], cat_gain, ll_gain)
+        ll_v, cat_v = ll_gain * profile.gain_ll[groups], cat_gain * profile.gain_cat[groups]
+        resp = I.saturate(
+            B.neural_response(labels_NK[trial_ids], lowlevel_NF[trial_ids], w[:num_k], w[num_k:], cat_v, ll_v)
+        )
         visual = (ll_gain + cat_gain) / 2
-        psc = 1.2 * visual + 1.5 * resp + rng.normal(0, NOISE_PSC, resp.shape).astype(np.float32)  # (N, V)
+        noise_maps = B.standardize(noise_field(_brain_coordinates(sphere, hemi)))
+        noise_sd = NOISE_PSC * p.noise_scale * profile.noise / profile.snr[groups]
+        psc = 1.2 * visual + 1.5 * resp + I.correlated_noise(rng, noise_maps, len(trial_ids), noise_sd)  # (N, V)
         dropout = np.zeros(sphere.shape[1], dtype=bool)
         if name in p.nan_subjects:  # signal dropout: the same patch in every session
             dropout = np.linalg.norm(sphere.T - np.array(NAN_PATCH, dtype=np.float32), axis=1) < NAN_PATCH_RADIUS

@@ -1,6 +1,8 @@
 """Named sizes of the simulated cohort: `test` (seconds, used by many tests) and `demo` (enough to learn from).
 
-Only numbers live here; the writers in nsd.py, hcp.py and bids.py hold the logic. Grid sizes are the
+Only numbers live here; the writers in nsd.py, hcp.py and bids.py hold the logic. The `test` preset is
+for plumbing: a few trials per subject at a third of the calibrated noise (individual.NOISE_SCALE), so
+small models still learn in a few steps; figures about decoding come from `demo`. Grid sizes are the
 real per-subject NSD func1pt8mm grids (subj01 81×104×83, ...) divided by
 about four, with three distinct axis lengths per subject so that a swapped axis fails loudly.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mused_fm.errors import InputError
+from shards_tools.synth.individual import NOISE_SCALE
 
 __all__ = ["PRESETS", "BidsPreset", "HcpPreset", "NsdPreset", "Preset", "get_preset"]
 
@@ -53,6 +56,7 @@ class NsdPreset:
     missing_session: tuple[str, int] = ("subj02", 2)  # no file for this session (a gap users meet)
     hdf5_session: tuple[str, int] = ("subj03", 1)  # written only as betas_sessionNN.hdf5
     surface_vertices: int = 642  # fsaverage-like sphere per hemisphere (real fsaverage: 163842)
+    noise_scale: float = NOISE_SCALE  # overall noise (individual.NOISE_SCALE: calibrated; `test`: 1, for plumbing)
     nan_subjects: tuple[str, ...] = ("subj03", "subj06")  # a patch of NaN vertices on the surface (real: 06, 08)
 
     @property
@@ -69,6 +73,7 @@ class HcpPreset:
     frame_size: tuple[int, int] = (64, 48)  # (width, height); real 1024×720
     num_categories: int = 16
     raw_grid: tuple[int, int, int] = (26, 37, 26)  # crop [2:, 4:-5, :-2] -> 24×28×24 (real 113×136×113)
+    noise_scale: float = NOISE_SCALE
 
 
 @dataclass(frozen=True)
@@ -92,12 +97,13 @@ class Preset:
 PRESETS = {
     "test": Preset(
         "test",
-        NsdPreset(5, (3, 3, 3, 2, 2), 40, 10, 30, 64, 12),
+        NsdPreset(5, (3, 3, 3, 2, 2), 40, 10, 30, 64, 12, noise_scale=1.0),
         HcpPreset(
             (("100610", "V1", "M"), ("102311", "V1", "F"), ("102816", "V2", "F")),
             clips_per_run=(2, 3, 2, 2),
             clip_seconds=(10.0, 16.0),
             validation_seconds=10.0,
+            noise_scale=1.0,
         ),
         BidsPreset(2, 24),
     ),
