@@ -135,8 +135,9 @@ demo: install
 # workers -> $(DEMO_DIR)/compare/<dataset>/<method>/s<seed>/, plus the ridge and chance baselines; then the
 # report again, which now shows means with 95% intervals, paired differences and the protocol's criteria.
 # Rerunning skips finished runs. About 20 min on 2 cores (docs/BENCHMARKS.md).
-# NSD is compared in the paper's setting: func1pt8mm volumes with per-subject PCA, packed here ->
-# $(DEMO_DIR)/shards/nsd_volume (COMPARE_NSD=$(DEMO_DIR)/shards/nsd compares on the demo's fsaverage shards).
+# NSD is compared twice: `nsd` in the paper's setting (func1pt8mm volumes with per-subject PCA, packed here ->
+# $(DEMO_DIR)/shards/nsd_volume; COMPARE_NSD=URL for other shards) and `nsd_fsaverage` on the demo's
+# fsaverage shards with one cohort basis (the multi-subject methods and the shuffled-CLIP control).
 COMPARE_PROTOCOL ?= recipes/compare/protocol.yaml
 COMPARE_JOBS     ?= 2
 COMPARE_ARGS     ?=
@@ -146,7 +147,8 @@ demo-compare: install
 	$(if $(filter $(DEMO_DIR)/shards/nsd_volume,$(COMPARE_NSD)),$(PY) -m shards_tools pack-nsd --root $(DEMO_DIR)/raw/nsd \
 		--subjects $(DEMO_TRAIN_NSD) --space func1pt8mm --roi-basis subject --roi-dim $(DEMO_ROI_DIM) \
 		--clip-model $(DEMO_DIR)/raw/clip --out $(DEMO_DIR)/shards/nsd_volume)
-	$(PY) launch/compare.py $(COMPARE_PROTOCOL) --shards nsd=$(COMPARE_NSD) --shards hcp=$(DEMO_DIR)/shards/hcp \
+	$(PY) launch/compare.py $(COMPARE_PROTOCOL) --shards nsd=$(COMPARE_NSD) --shards nsd_fsaverage=$(DEMO_DIR)/shards/nsd \
+		--shards hcp=$(DEMO_DIR)/shards/hcp \
 		--out $(DEMO_DIR)/compare --jobs $(COMPARE_JOBS) $(COMPARE_ARGS)
 	$(PY) launch/report.py $(DEMO_DIR) --shards $(DEMO_DIR)/shards/nsd --shards $(DEMO_DIR)/shards/hcp
 

@@ -31,6 +31,12 @@ def _protocol(tmp_path: Path, cohort: dict) -> Path:
         "datasets": {
             "nsd": {"overrides": ["data.datasets.hcp=null"], "per_subject": ["train.max_steps=2"]},
             "hcp": {"overrides": ["data.datasets.nsd=null"], "per_subject": ["train.max_steps=2"]},
+            # The recipe's dataset nsd again under another name (other shards, in the demo), two methods only.
+            "nsd_again": {
+                "dataset": "nsd",
+                "methods": ["clip_mused", "ms_emb"],
+                "overrides": ["data.datasets.hcp=null"],
+            },
         },
         "methods": {
             "clip_mused": {"seeds": 2, "reliance": True},
@@ -47,8 +53,11 @@ def _protocol(tmp_path: Path, cohort: dict) -> Path:
 
 def test_protocol_runs_are_paired_by_seed_and_named(tmp_path, cohort):
     protocol = Protocol.read(_protocol(tmp_path, cohort))
-    runs = protocol.runs({"nsd": ["subj01", "subj02"], "hcp": ["100610"]})
-    assert len(runs) == 2 * (2 + 2 + 1) + 2 + 1  # per dataset: 2+2 seeds, 1 shuffled; SS-ViT per subject
+    runs = protocol.runs({"nsd": ["subj01", "subj02"], "hcp": ["100610"], "nsd_again": ["subj01", "subj02"]})
+    assert len(runs) == 2 * (2 + 2 + 1) + 2 + 1 + 4  # per dataset: 2+2 seeds, 1 shuffled; SS-ViT per subject
+    again = [r for r in runs if r.dataset == "nsd_again"]
+    assert {r.method for r in again} == {"clip_mused", "ms_emb"} and {r.trains for r in again} == {"nsd"}
+    assert str(again[0].directory(tmp_path)).endswith("nsd_again/clip_mused/s0")
     ss = [r for r in runs if r.method == "ss_vit" and r.dataset == "nsd"]
     assert [r.subject for r in ss] == ["subj01", "subj02"]
     assert "data.datasets.nsd.subjects=[subj01]" in ss[0].overrides and "run.seed=0" in ss[0].overrides
@@ -75,6 +84,8 @@ def test_compare_end_to_end_and_resume(tmp_path, cohort):
         f"nsd={cohort['nsd']}",
         "--shards",
         f"hcp={cohort['hcp']}",
+        "--shards",
+        f"nsd_again={cohort['nsd']}",
         "--out",
         out,
         "--jobs",
@@ -103,18 +114,33 @@ def test_compare_end_to_end_and_resume(tmp_path, cohort):
             f"{dataset}/{s}" for s in subjects
         }
         assert (out / dataset / "chance" / "eval.json").is_file()
+    for seed in range(2):  # the second name of nsd: the recipe's dataset trained, written under its own name
+        result = json.loads((out / "nsd_again" / "clip_mused" / f"s{seed}" / "eval.json").read_text())
+        assert set(result["subjects"]) == {f"nsd/{s}" for s in ("subj01", "subj02", "subj03")}
+        assert (out / "nsd_again" / "clip_mused" / f"s{seed}" / "reliance.json").is_file()
+    assert not (out / "nsd_again" / "ss_vit").exists()
+    assert json.loads((out / "nsd_again" / "ridge" / "eval.json").read_text())["ridge"].keys() == {
+        f"nsd/{s}" for s in ("subj01", "subj02", "subj03")
+    }
     # Rerun: every run has its eval.json, so nothing trains again (eval.json untouched).
     stamp = (out / "nsd/clip_mused/s0/eval.json").stat().st_mtime_ns
     again = run_launcher("compare", *args, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "0 runs of 15 to do" in again.stderr
+    assert "0 runs of 19 to do" in again.stderr
     assert (out / "nsd/clip_mused/s0/eval.json").stat().st_mtime_ns == stamp
 
     from mused_fm.report.comparison import criteria_results, read_comparison
 
     c = read_comparison(out)
     assert set(c.scores["hcp"]) == {"clip_mused", "ms_emb", "ss_vit", "shuffled_clip"} and not c.missing
-    assert {r["dataset"] for r in criteria_results(c)} == {"nsd", "hcp"}
+    assert set(c.scores["nsd_again"]) == {"clip_mused", "ms_emb"} and set(c.reliance["nsd_again"]) == {
+        "own",
+        "mean",
+        "swapped",
+        "zeroed",
+    }
+    assert c.baselines["nsd_again"]["ridge"] == c.baselines["nsd"]["ridge"]  # the same shards, read as nsd
+    assert {r["dataset"] for r in criteria_results(c)} == {"nsd", "hcp", "nsd_again"}
 
 
 @pytest.mark.parametrize(
@@ -128,6 +154,7 @@ def test_compare_end_to_end_and_resume(tmp_path, cohort):
         ),
         ({"methods": {"a": {"seeds": 0}}}, r"methods\.a\.seeds must be a whole number >= 1"),
         ({"common": "train.max_steps=3"}, r"common must be a list of strings"),
+        ({"datasets": {"nsd": {"methods": ["b"]}}}, r"datasets\.nsd\.methods names \['b'\], not in methods"),
     ],
 )
 def test_protocol_mistakes_are_named(tmp_path, edit, message):

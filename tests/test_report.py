@@ -124,10 +124,12 @@ def test_criteria_are_judged_per_dataset():
     from mused_fm.report.comparison import Comparison, criteria_results
 
     crit = {"name": "a beats b", "better": "a", "worse": "b", "expect": "above"}
-    c = Comparison(Path("x"), {"criteria": [crit]})
+    c = Comparison(Path("x"), {"criteria": [crit], "datasets": {"nsd_fs": {"dataset": "nsd", "methods": ["a"]}}})
     up, flat = {0: 0.6, 1: 0.7, 2: 0.65}, {0: 0.5, 1: 0.5, 2: 0.5}
     c.scores = {"nsd": {"a": {"trial": up}, "b": {"trial": flat}}, "hcp": {"a": {"trial": flat}, "b": {"trial": up}}}
+    c.scores["nsd_fs"] = {"a": {"trial": up}}  # a shard set compared with method a only: no criterion about b
     results = {r["dataset"]: r for r in criteria_results(c)}
+    assert set(results) == {"nsd", "hcp"}
     assert results["nsd"]["passed"] is True and results["hcp"]["passed"] is False
     assert results["hcp"]["interval"].mean == pytest.approx(-0.15)
 

@@ -6,6 +6,10 @@ A protocol file (recipes/compare/protocol.yaml) names recipes relative to itself
     common: [train.micro_batch_size=64]  # overrides every run gets
     datasets:                            # each dataset is trained alone (the paper's setting)
       nsd: {overrides: [data.datasets.hcp=null, train.max_steps=1200], per_subject: [train.max_steps=400]}
+      nsd_fsaverage:                     # the recipe's dataset nsd again, from other shards (--shards
+        dataset: nsd                     # nsd_fsaverage=URL), with a subset of the methods
+        methods: [clip_mused, ms_emb]
+        overrides: [data.datasets.hcp=null, train.max_steps=1200]
     methods:
       clip_mused: {seeds: 6, reliance: true}
       ms_emb: {recipes: [ms_emb.yaml], seeds: 6}
@@ -59,12 +63,19 @@ class Criterion:
 @dataclass(frozen=True)
 class Run:
     dataset: str
+    """The protocol's name for the shard set (the directory under OUT; e.g. nsd_fsaverage)."""
     method: str
     seed: int
     subject: str | None
     recipes: tuple[str, ...]
     overrides: tuple[str, ...]
     reliance: bool
+    recipe_dataset: str = ""
+    """The recipe's dataset the run trains (data.datasets.<name>); default: `dataset`."""
+
+    @property
+    def trains(self) -> str:
+        return self.recipe_dataset or self.dataset
 
     def directory(self, out: Path) -> Path:
         run = out / self.dataset / self.method / f"s{self.seed}"
@@ -76,7 +87,8 @@ class Protocol:
     path: Path
     base: tuple[str, ...]
     common: tuple[str, ...]
-    datasets: dict[str, dict[str, tuple[str, ...]]]
+    datasets: dict[str, dict]
+    """name -> {dataset: the recipe's dataset, overrides, per_subject, methods: the methods run on it}."""
     methods: dict[str, Method]
     criteria: list[Criterion] = field(default_factory=list)
 
@@ -119,10 +131,14 @@ class Protocol:
         raw = keys(raw, ("base", "common", "datasets", "methods", "criteria"), "the protocol")
         datasets = {}
         for name, d in (raw.get("datasets") or {}).items():
-            d = keys(d, ("overrides", "per_subject"), f"datasets.{name}")
+            d = keys(d, ("dataset", "methods", "overrides", "per_subject"), f"datasets.{name}")
+            if not isinstance(d.get("dataset", name), str):
+                raise RecipeError(f"{path}: datasets.{name}.dataset must be a recipe dataset name, e.g. nsd.")
             datasets[name] = {
+                "dataset": d.get("dataset", name),
                 "overrides": strings(d.get("overrides"), f"datasets.{name}.overrides"),
                 "per_subject": strings(d.get("per_subject"), f"datasets.{name}.per_subject"),
+                "methods": strings(d.get("methods"), f"datasets.{name}.methods") or None,
             }
         methods = {}
         for name, m in (raw.get("methods") or {}).items():
@@ -151,6 +167,13 @@ class Protocol:
             for side in (c.better, c.worse):
                 if side not in methods:
                     raise RecipeError(f"{path}: criterion {c.name!r} names method {side!r}, not in methods.")
+        for name, d in datasets.items():
+            unknown = sorted(set(d["methods"] or ()) - set(methods))
+            if unknown:
+                raise RecipeError(
+                    f"{path}: datasets.{name}.methods names {unknown}, not in methods ({sorted(methods)})."
+                )
+            d["methods"] = d["methods"] or tuple(methods)
         if not datasets or not methods:
             raise RecipeError(f"{path}: a protocol needs datasets and methods.")
         base = recipes(strings(raw.get("base"), "base"), "base")
@@ -162,14 +185,17 @@ class Protocol:
         for dataset, spec in self.datasets.items():
             if only and dataset not in only:
                 continue
-            for method in self.methods.values():
+            trains = spec["dataset"]
+            for method in (self.methods[m] for m in spec["methods"]):
                 for seed in range(method.seeds):
                     for subject in subjects[dataset] if method.per_subject else [None]:
                         overrides = [*self.common, *spec["overrides"], *method.overrides, f"run.seed={seed}"]
                         if subject:
-                            overrides += [*spec["per_subject"], f"data.datasets.{dataset}.subjects=[{subject}]"]
+                            overrides += [*spec["per_subject"], f"data.datasets.{trains}.subjects=[{subject}]"]
                         layers = (*self.base, *method.recipes)
-                        runs.append(Run(dataset, method.name, seed, subject, layers, tuple(overrides), method.reliance))
+                        runs.append(
+                            Run(dataset, method.name, seed, subject, layers, tuple(overrides), method.reliance, trains)
+                        )
         return runs
 
     def as_dict(self) -> dict:

@@ -55,13 +55,17 @@ def run_protocol(
     unknown = [d for d in chosen if d not in protocol.datasets]
     if unknown:
         raise InputError(f"datasets {unknown} are not in the protocol {protocol.path} ({sorted(protocol.datasets)}).")
-    subjects = {d: _trained_subjects(protocol, d, shards[d]) for d in chosen}
+    subjects = {d: _trained_subjects(protocol, d, shards[d]) for d in chosen}  # names, per shard set
     runs = protocol.runs(subjects, chosen)
     _check_done_runs(runs, out)
     _write_protocol(protocol, out, {d: shards[d] for d in chosen}, subjects)
     todo = [r for r in runs if not (r.directory(out) / EVAL).is_file()]
     tasks = [(_train_and_evaluate, (r, shards[r.dataset], str(out))) for r in todo]
-    tasks += [(_baselines, (d, shards[d], subjects[d], str(out))) for d in chosen if not _baselines_done(out, d)]
+    tasks += [
+        (_baselines, (d, protocol.datasets[d]["dataset"], shards[d], subjects[d], str(out)))
+        for d in chosen
+        if not _baselines_done(out, d)
+    ]
     tasks.sort(key=lambda t: t[0] is _train_and_evaluate and t[1][0].subject is not None)  # long runs first
     logger.info("%d runs of %d to do, %d baseline sets, %d workers", len(todo), len(runs), len(tasks) - len(todo), jobs)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))  # before the workers start
@@ -128,14 +132,18 @@ def _subject_names(recipe: Recipe, dataset: str, url: str) -> list[str]:
     return list(names) if names else [name_of(s) for s in Manifest.read(url).subjects]
 
 
-def _trained_subjects(protocol: Protocol, dataset: str, url: str) -> list[str]:
-    """The subjects the protocol's recipes train on for `dataset`."""
-    spec = protocol.datasets[dataset]
+def _trained_subjects(protocol: Protocol, name: str, url: str) -> list[str]:
+    """The subjects the protocol's recipes train on for its shard set `name`."""
+    spec = protocol.datasets[name]
+    dataset = spec["dataset"]
     recipe = load_recipe(
         list(protocol.base), [*protocol.common, *spec["overrides"], f"data.datasets.{dataset}.url={url}"]
     )
     if dataset not in recipe.data.datasets:
-        raise InputError(f"{protocol.path}: the base recipes {list(protocol.base)} have no dataset {dataset!r}.")
+        raise InputError(
+            f"{protocol.path}: datasets.{name} trains {dataset!r}, which the base recipes {list(protocol.base)} "
+            f"do not define; name one of their data.datasets in datasets.{name}.dataset."
+        )
     return _subject_names(recipe, dataset, url)
 
 
@@ -146,12 +154,12 @@ def _init_worker() -> None:
 
 def _train_and_evaluate(run: Run, url: str, out: str) -> None:
     directory = run.directory(Path(out))
-    overrides = [*run.overrides, f"data.datasets.{run.dataset}.url={url}", f"run.out_dir={directory}"]
+    overrides = [*run.overrides, f"data.datasets.{run.trains}.url={url}", f"run.out_dir={directory}"]
     overrides.append(f"run.name={run.dataset}-{run.method}-s{run.seed}" + (f"-{run.subject}" if run.subject else ""))
     recipe = load_recipe(list(run.recipes), overrides)
     train(recipe)
     best = directory / BEST
-    subjects = [global_id(run.dataset, s) for s in _subject_names(recipe, run.dataset, url)]
+    subjects = [global_id(run.trains, s) for s in _subject_names(recipe, run.trains, url)]
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     metrics = evaluate_model(best, [url], "test", 256, subjects, device)
     if run.reliance:
@@ -170,8 +178,9 @@ def _baselines_done(out: Path, dataset: str) -> bool:
     return all((out / dataset / name / EVAL).is_file() for name in ("ridge", "chance"))
 
 
-def _baselines(dataset: str, url: str, subjects: list[str], out: str) -> None:
+def _baselines(name: str, dataset: str, url: str, subjects: list[str], out: str) -> None:
+    """Ridge and chance of the shard set `name` (subjects of the recipe's `dataset`) -> OUT/<name>/."""
     rows = {global_id(dataset, s): i for i, s in enumerate(subjects)}
     stream = DatasetStream(Manifest.read(url), rows, subjects)
-    write_json(Path(out) / dataset / "ridge" / EVAL, json_safe(ridge_metrics(stream)))
-    write_json(Path(out) / dataset / "chance" / EVAL, json_safe(chance_metrics(stream)))
+    write_json(Path(out) / name / "ridge" / EVAL, json_safe(ridge_metrics(stream)))
+    write_json(Path(out) / name / "chance" / EVAL, json_safe(chance_metrics(stream)))

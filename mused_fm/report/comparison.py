@@ -69,6 +69,11 @@ class Comparison:
     def datasets(self) -> list[str]:
         return list(self.scores)
 
+    def methods_of(self, dataset: str) -> list[str]:
+        """The methods the protocol runs on the shard set `dataset` (all of them unless it names a subset)."""
+        named = self.protocol.get("datasets", {}).get(dataset, {}).get("methods")
+        return list(named or self.protocol.get("methods") or self.scores.get(dataset, {}))
+
     def interval(self, dataset: str, method: str, scoring: str = "trial") -> Interval | None:
         seeds = self.scores.get(dataset, {}).get(method, {}).get(scoring, {})
         return interval(list(seeds.values())) if seeds else None
@@ -97,7 +102,10 @@ def read_comparison(compare: str | Path) -> Comparison | None:
     result = Comparison(compare, protocol)
     for dataset, subjects in protocol["subjects"].items():
         result.scores[dataset] = {}
-        for method, spec in protocol["methods"].items():
+        shard_set = protocol.get("datasets", {}).get(dataset, {})
+        trains = shard_set.get("dataset", dataset)  # the recipe's dataset: the key in eval.json
+        for method in shard_set.get("methods") or protocol["methods"]:
+            spec = protocol["methods"][method]
             seeds: dict[str, dict[int, float]] = {}
             for seed in range(spec["seeds"]):
                 run = compare / dataset / method / f"s{seed}"
@@ -107,20 +115,20 @@ def read_comparison(compare: str | Path) -> Comparison | None:
                     result.missing.extend(str(p) for p in absent)
                     continue
                 evals = [json.loads(p.read_text()) for p in paths]
-                for scoring, value in _subject_means(evals, dataset).items():
+                for scoring, value in _subject_means(evals, trains).items():
                     seeds.setdefault(scoring, {})[seed] = value
                 if spec.get("reliance") and (run / "reliance.json").is_file():
                     variants = json.loads((run / "reliance.json").read_text()) or {}
                     for variant in VARIANTS:
                         if variant in variants:
-                            value = variants[variant]["datasets"][dataset]["subject_mean"]["mAP"]
+                            value = variants[variant]["datasets"][trains]["subject_mean"]["mAP"]
                             result.reliance.setdefault(dataset, {}).setdefault(variant, {})[seed] = value
             if seeds:
                 result.scores[dataset][method] = seeds
         for name in ("ridge", "chance"):
             path = compare / dataset / name / "eval.json"
             if path.is_file():
-                result.baselines.setdefault(dataset, {})[name] = _subject_means([json.loads(path.read_text())], dataset)
+                result.baselines.setdefault(dataset, {})[name] = _subject_means([json.loads(path.read_text())], trains)
     return result
 
 
@@ -148,6 +156,8 @@ def criteria_results(c: Comparison, scoring: str = "trial") -> list[dict]:
     out = []
     for crit in c.protocol.get("criteria", []):
         for dataset in c.datasets:
+            if not {crit["better"], crit["worse"]} <= set(c.methods_of(dataset)):
+                continue  # a shard set compared with a subset of the methods
             found = [r for r in differences(c, [(crit["better"], crit["worse"])], scoring) if r["dataset"] == dataset]
             if not found or not math.isfinite(found[0]["interval"].low):
                 out.append({**crit, "dataset": dataset, "interval": None, "p": None, "passed": None})

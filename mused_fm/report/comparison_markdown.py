@@ -93,6 +93,10 @@ def comparison_sections(c: Comparison, figure: str = "comparison.png", forest: s
     for dataset in c.datasets:
         where = protocol.get("shards", {}).get(dataset)
         shards = [f"Shards: `{where}`.", ""] if where else []  # NSD: `make demo-compare` uses the paper's volumes
+        trains = protocol.get("datasets", {}).get(dataset, {}).get("dataset", dataset)
+        if trains != dataset:  # a second shard set of one recipe dataset, often with a subset of the methods
+            methods = ", ".join(label(m) for m in c.methods_of(dataset))
+            shards += [f"The recipe's dataset `{trains}` from these shards; methods run: {methods}.", ""]
         intro += ["", f"### {dataset}", "", *shards, _method_table(c, dataset), *_against_ridge(c, dataset)]
     diffs = differences(c, PAIRS)
     sections = ["\n".join(intro)]
