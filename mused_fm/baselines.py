@@ -1,4 +1,5 @@
-"""The simplest decoders a comparison must beat: a closed-form ridge per subject, and chance.
+"""The simplest decoders a comparison must beat: a closed-form ridge per subject, a linear readout shared by the
+subjects and trained like the Transformers, and chance.
 
 Shape legend: N training samples, P input features (ROI patches or masked voxels, flattened), C classes.
 
@@ -9,6 +10,12 @@ Ridge (one decoder per subject, no shared weights): centred inputs X (N, P) and 
 with lam = alpha * mean(diag(X X^T)) and alpha chosen on the subject's validation split (best validation
 mAP; ties go to the larger alpha), then scored on the test split in the form of eval.json, per trial and
 with each stimulus's repeats averaged. Chance: random scores, the mean of `draws` seeded draws.
+
+Linear (one decoder for all subjects of the dataset, as the multi-subject Transformers share theirs): logits
+= W x + b on the inputs standardised with the training split's mean and SD, fitted by AdamW on the BCE with
+the Transformers' batch and a fixed step budget, the step kept by validation subject-mean mAP. It separates
+the question "is there signal a shared readout can find with gradient descent?" from "does the Transformer
+find it?": when it beats the Transformers, the cohort has the signal and the model misses it.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from mused_fm.evaluate import merge_metrics
 from mused_fm.metrics import grouped_metrics, multilabel_metrics, stimulus_means
 from mused_fm.subject_ids import name_of
 
-__all__ = ["ALPHAS", "SplitArrays", "chance_metrics", "fit_ridge", "ridge_metrics"]
+__all__ = ["ALPHAS", "SplitArrays", "chance_metrics", "fit_linear", "fit_ridge", "linear_metrics", "ridge_metrics"]
 
 ALPHAS = tuple(10.0**k for k in range(-4, 3))  # relative to the mean squared norm of a training sample
 
@@ -37,9 +44,10 @@ class SplitArrays:
     stimuli: list[str]
 
     @classmethod
-    def read(cls, stream: DatasetStream, split: str) -> SplitArrays:
-        """The split of the stream's one subject; volumes keep the subject's masked voxels only."""
-        mask = stream.masks.get(stream.subjects[0]) if len(stream.subjects) == 1 else None
+    def read(cls, stream: DatasetStream, split: str, mask: np.ndarray | None = None) -> SplitArrays:
+        """The split of the stream's one subject; volumes keep the subject's masked voxels only (or `mask`'s)."""
+        if mask is None:
+            mask = stream.masks.get(stream.subjects[0]) if len(stream.subjects) == 1 else None
         xs, ys, stimuli = [], [], []
         for batch in eval_batches(stream, split, batch_size=256):
             x = batch["bold"].numpy().reshape(len(batch["labels"]), -1)
@@ -73,6 +81,72 @@ def ridge_metrics(stream: DatasetStream, alphas: tuple[float, ...] = ALPHAS) -> 
         chosen[subject] = {"alpha": best, "val_mAP": scores[best]}
         parts.append((fit_ridge(train.x, train.y, best)(test.x), test, subject))
     return {**_scored(parts), "ridge": chosen}
+
+
+def fit_linear(
+    x_NP: np.ndarray,
+    y_NC: np.ndarray,
+    val: list[SplitArrays],
+    steps: int = 1200,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    eval_every: int = 100,
+    seed: int = 0,
+):
+    """A linear readout by AdamW on the BCE: (predict (M, P) -> (M, C) logits, {best_step, val_mAP}).
+
+    Inputs are standardised with the training mean and SD; the kept weights are those of the step (step 0, the
+    untrained start, included) with the best mean validation mAP over `val` (one SplitArrays per subject).
+    """
+    import torch
+
+    mean, sd = x_NP.mean(0), x_NP.std(0) + 1e-6
+    xt = torch.as_tensor((x_NP - mean) / sd, dtype=torch.float32)
+    yt = torch.as_tensor(y_NC, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    readout = torch.nn.Linear(x_NP.shape[1], y_NC.shape[1])
+    opt = torch.optim.AdamW(readout.parameters(), lr=lr)
+
+    @torch.no_grad()
+    def predict(x: np.ndarray) -> np.ndarray:
+        return readout(torch.as_tensor((x - mean) / sd, dtype=torch.float32)).numpy()
+
+    def val_map() -> float:
+        return float(np.nanmean([multilabel_metrics(predict(a.x), a.y)["mAP"] for a in val]))
+
+    best = {"best_step": 0, "val_mAP": val_map(), "state": {k: v.clone() for k, v in readout.state_dict().items()}}
+    for step in range(1, steps + 1):
+        rows = torch.randint(0, len(xt), (batch_size,), generator=generator)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(readout(xt[rows]), yt[rows])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % eval_every == 0 and (score := val_map()) > best["val_mAP"]:
+            best = {
+                "best_step": step,
+                "val_mAP": score,
+                "state": {k: v.clone() for k, v in readout.state_dict().items()},
+            }
+    readout.load_state_dict(best.pop("state"))
+    return predict, best
+
+
+def linear_metrics(stream: DatasetStream, steps: int = 1200, batch_size: int = 64, lr: float = 1e-3) -> dict:
+    """eval.json-shaped test metrics of one linear readout shared by the stream's subjects (module docstring).
+
+    Volumes are read in one input space for all subjects: the union of their masks."""
+    masks = [stream.masks[s] for s in stream.subjects if s in stream.masks]  # volumes: flat voxel indices
+    union = np.unique(np.concatenate(masks)) if masks else None
+    split = {
+        name: [SplitArrays.read(_single_subject(stream, s), name, union) for s in stream.subjects]
+        for name in ("train", "val", "test")
+    }
+    x = np.concatenate([a.x for a in split["train"]])  # (N, P): every subject's training trials
+    y = np.concatenate([a.y for a in split["train"]])
+    predict, chosen = fit_linear(x, y, split["val"], steps, batch_size, lr)
+    parts = [(predict(t.x), t, s) for t, s in zip(split["test"], stream.subjects, strict=True)]
+    return {**_scored(parts), "linear": {"steps": steps, "batch_size": batch_size, "lr": lr, **chosen}}
 
 
 def chance_metrics(stream: DatasetStream, draws: int = 20, seed: int = 0) -> dict:

@@ -153,6 +153,21 @@ def test_new_subject_verdict_only_at_ten_percent():
     assert "target" not in markdown.new_subject(points, "nsd/subj06")
 
 
+def test_new_subject_share_above_chance():
+    """Near chance the share of the in-pretraining mAP flatters: the share of its gain over chance is given."""
+    scores = {"AUC": 0.6, "hamming": 0.1}
+    points = [
+        {"method": "tokens", "fraction": 0.1, "n_train": 10, "mAP": 0.21, **scores},
+        {"method": "zero_shot", "fraction": 0.0, "n_train": 0, "mAP": 0.20, **scores},
+        {"method": "in_pretraining", "fraction": 1.0, "n_train": 100, "mAP": 0.22, **scores},
+    ]
+    text = markdown.new_subject(points, "nsd/subj06", chance=0.19)
+    assert "95.5% of the 0.220" in text  # 0.21 / 0.22
+    assert "gain over chance (0.030), token-only at 10% recovers 66.7%, zero-shot 33.3%" in text
+    assert "Chance" not in markdown.new_subject(points, "nsd/subj06")
+    assert "undefined" in markdown.new_subject(points, "nsd/subj06", chance=0.25)
+
+
 def test_new_subject_aggregates_seeds_and_states_the_zero_shot_gain():
     scores = {"AUC": 0.6, "hamming": 0.1}
     points = [

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mused_fm.baselines import chance_metrics, ridge_metrics
+from mused_fm.baselines import chance_metrics, linear_metrics, ridge_metrics
 from mused_fm.compare.protocol import Protocol, Run
 from mused_fm.config import Recipe, load_recipe
 from mused_fm.data.manifest import Manifest
@@ -175,12 +175,13 @@ def _reliance(checkpoint: Path, url: str, subjects: list[str]) -> dict | None:
 
 
 def _baselines_done(out: Path, dataset: str) -> bool:
-    return all((out / dataset / name / EVAL).is_file() for name in ("ridge", "chance"))
+    return all((out / dataset / name / EVAL).is_file() for name in ("ridge", "linear", "chance"))
 
 
 def _baselines(name: str, dataset: str, url: str, subjects: list[str], out: str) -> None:
-    """Ridge and chance of the shard set `name` (subjects of the recipe's `dataset`) -> OUT/<name>/."""
+    """Ridge, the shared linear readout and chance of the shard set `name` (subjects of the recipe's `dataset`)."""
     rows = {global_id(dataset, s): i for i, s in enumerate(subjects)}
     stream = DatasetStream(Manifest.read(url), rows, subjects)
     write_json(Path(out) / name / "ridge" / EVAL, json_safe(ridge_metrics(stream)))
+    write_json(Path(out) / name / "linear" / EVAL, json_safe(linear_metrics(stream)))
     write_json(Path(out) / name / "chance" / EVAL, json_safe(chance_metrics(stream)))

@@ -34,6 +34,7 @@ from mused_fm.report.comparison import (
 )
 from mused_fm.report.comparison_markdown import comparison_sections
 from mused_fm.report.inputs import find_inputs, read_metrics
+from mused_fm.subject_ids import dataset_of, name_of
 from mused_fm.token_reliance import token_reliance
 
 __all__ = ["write_report"]
@@ -82,6 +83,19 @@ def _adapted_subjects(path: Path) -> list[str]:
         return []
 
 
+def _chance_of(streams: dict[str, DatasetStream], subject_ids: list[str]) -> float | None:
+    """Subject-mean test mAP of random scores for `subject_ids` (global ids of one dataset), or None when their
+    dataset's shards are not open or do not hold them."""
+    datasets = {dataset_of(s) for s in subject_ids}
+    if len(datasets) != 1 or (stream := streams.get(datasets.pop())) is None:
+        return None
+    names = [name_of(s) for s in subject_ids]
+    if not all(s in stream.manifest.subjects for s in subject_ids):
+        return None
+    one = DatasetStream(stream.manifest, {s: i for i, s in enumerate(subject_ids)}, names)
+    return float(chance_metrics(one)["datasets"][stream.name]["subject_mean"]["mAP"])
+
+
 def _comparison(compare: Comparison, out: Path) -> list[str]:
     """The comparison's figures and sections (intervals over seeds, baselines, differences, criteria)."""
     panels = {}
@@ -90,6 +104,7 @@ def _comparison(compare: Comparison, out: Path) -> list[str]:
         panels[dataset] = {
             "methods": [(label(m), compare.interval(dataset, m)) for m in ordered_methods(compare, dataset)],
             "ridge": base.get("ridge", {}).get("trial"),
+            "linear": base.get("linear", {}).get("trial"),
             "chance": base.get("chance", {}).get("trial"),
         }
     if any(p["methods"] for p in panels.values()):
@@ -165,9 +180,11 @@ def write_report(root: str | Path, shards: list[str] = (), attention_samples: in
         figures.plot_token_similarity(sim, out / "tokens.png")
         sections.append(markdown.token_similarity(sim, [s for s in sim["ids"] if s not in model.registry.ids]))
     for path, points in inputs.adapts.items():
-        label = ", ".join(_adapted_subjects(path)) or path.name  # new subjects, or re-learnt ones (--replace)
+        adapted_ids = _adapted_subjects(path)
+        label = ", ".join(adapted_ids) or path.name  # new subjects, or re-learnt ones (--replace)
         figures.plot_curve(points, out / f"curve_{path.name}.png", label)
-        sections.append(markdown.new_subject(points, label, f"curve_{path.name}.png", path.name))
+        chance = _chance_of(streams, adapted_ids) if adapted_ids else None
+        sections.append(markdown.new_subject(points, label, f"curve_{path.name}.png", path.name, chance))
     if compare is not None and compare.missing:
         notes.append(
             f"{len(compare.missing)} runs of the comparison have no eval.json (unfinished or failed; rerun "

@@ -3,7 +3,7 @@ paired differences and the criteria the protocol fixed before the runs.
 
 Shape of the directory (mused_fm.compare): COMPARE/protocol.json, COMPARE/<dataset>/<method>/s<seed>/
 eval.json (and <subject>/eval.json for one-model-per-subject methods), reliance.json for methods with the
-token-reliance check, COMPARE/<dataset>/{ridge,chance}/eval.json.
+token-reliance check, COMPARE/<dataset>/{ridge,linear,chance}/eval.json.
 
 A seed's score is the subject-mean test mAP (the paper reports means over subjects), per trial (the
 headline) or with each stimulus's repeats averaged first (NSD's 3 presentations of each test image).
@@ -40,6 +40,7 @@ LABELS = {
     "bce_only": "BCE only",
     "shuffled_clip": "shuffled CLIP (control)",
     "ridge": "ridge per subject",
+    "linear": "linear readout, shared (AdamW)",
     "chance": "chance",
 }
 ORDERING = (("clip_mused", "ms_emb"), ("ms_emb", "ms_smodel"))
@@ -59,7 +60,7 @@ class Comparison:
     scores: dict[str, dict[str, dict[str, dict[int, float]]]] = field(default_factory=dict)
     """scores[dataset][method][scoring][seed]: subject-mean test mAP."""
     baselines: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-    """baselines[dataset]["ridge" | "chance"][scoring]."""
+    """baselines[dataset]["ridge" | "linear" | "chance"][scoring]."""
     reliance: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
     """reliance[dataset][variant][seed] of CLIP-MUSED (methods with reliance: true)."""
     missing: list[str] = field(default_factory=list)
@@ -125,7 +126,7 @@ def read_comparison(compare: str | Path) -> Comparison | None:
                             result.reliance.setdefault(dataset, {}).setdefault(variant, {})[seed] = value
             if seeds:
                 result.scores[dataset][method] = seeds
-        for name in ("ridge", "chance"):
+        for name in ("ridge", "linear", "chance"):
             path = compare / dataset / name / "eval.json"
             if path.is_file():
                 result.baselines.setdefault(dataset, {})[name] = _subject_means([json.loads(path.read_text())], trains)

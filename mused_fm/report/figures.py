@@ -156,9 +156,9 @@ def plot_token_similarity(sim: dict, path: Path) -> None:
 
 def plot_seed_comparison(panels: Mapping[str, dict], path: Path) -> None:
     """One panel per dataset: per method the per-seed scores (dots) and their mean with its 95% interval
-    (bar), ridge and chance as horizontal lines.
+    (bar), ridge, the shared linear readout and chance as horizontal lines.
 
-    panels[dataset] = {"methods": [(label, Interval)], "ridge": float | None, "chance": float | None}.
+    panels[dataset] = {"methods": [(label, Interval)], "ridge" | "linear" | "chance": float | None}.
     """
     names = list(panels)
     width = max(len(p["methods"]) for p in panels.values())
@@ -172,7 +172,7 @@ def plot_seed_comparison(panels: Mapping[str, dict], path: Path) -> None:
             ax.errorbar(
                 i, iv.mean, yerr=[[iv.mean - low], [high - iv.mean]], fmt="o", color="tab:blue", capsize=4, zorder=3
             )
-        for key, style in (("ridge", "--"), ("chance", ":")):
+        for key, style in (("ridge", "--"), ("linear", "-."), ("chance", ":")):
             if panel.get(key) is not None:
                 ax.axhline(panel[key], linestyle=style, color="black", linewidth=1, label=key)
         ax.set_xticks(

@@ -197,9 +197,19 @@ def curve_groups(points: Sequence[dict]) -> dict[tuple[str, float], list[dict]]:
     return groups
 
 
-def new_subject(points: Sequence[dict], subjects_label: str, png: str = "curve.png", where: str = "adapt") -> str:
+def new_subject(
+    points: Sequence[dict],
+    subjects_label: str,
+    png: str = "curve.png",
+    where: str = "adapt",
+    chance: float | None = None,
+) -> str:
     """The sweep's table (mean [95% CI] over seeds per method and fraction) and its sentences: token-only at
-    10% against the subject in pretraining, and the gain of fitting tokens over the untrained mean token."""
+    10% against the subject in pretraining, and the gain of fitting tokens over the untrained mean token.
+
+    `chance`: the subject's test mAP under random scores. Near chance a share of the in-pretraining mAP says
+    little (0.21 of 0.22 is 95% when chance is 0.19), so the share of the in-pretraining gain over chance,
+    (mAP - chance) / (reference - chance), is given beside it."""
     groups = {k: [p for p in pts if _finite(p["mAP"])] for k, pts in curve_groups(points).items()}
     groups = {k: pts for k, pts in groups.items() if pts}  # a run whose test split had no positive class: no mAP
     stats = {key: interval([p["mAP"] for p in pts]) for key, pts in groups.items()}
@@ -239,6 +249,17 @@ def new_subject(points: Sequence[dict], subjects_label: str, png: str = "curve.p
         text.append(
             f"Zero-shot (the mean token of the dataset's known subjects, no training): {_f(zero['mAP'])}{of_ref}; "
             f"fitting the tokens adds, by fraction: {gains}."
+        )
+    if chance is not None and ref and _finite(ref["mAP"]) and tokens:
+        t, gain = stats[tokens[0]], ref["mAP"] - chance
+        above = f"{(t.mean - chance) / gain:.1%}" if gain > 0 else "undefined (the reference is not above chance)"
+        low = f"; the interval's lower end {(t.low - chance) / gain:.1%}" if gain > 0 and t.n > 1 else ""
+        zero_above = (
+            f", zero-shot {(zero['mAP'] - chance) / gain:.1%}" if gain > 0 and zero and _finite(zero["mAP"]) else ""
+        )
+        text.append(
+            f"Chance (random scores) on the subject's test split: {_f(chance)}; of the in-pretraining gain over "
+            f"chance ({_f(gain)}), token-only at {tokens[0][1]:.0%} recovers {above}{low}{zero_above}."
         )
     for method in ("full", "scratch"):
         best = groups.get((method, 1.0))
