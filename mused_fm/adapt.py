@@ -57,7 +57,7 @@ from mused_fm.model.mused import CONFIG_NAME
 from mused_fm.subject_ids import dataset_of, name_of
 from mused_fm.train.engine import Engine, init_distributed
 from mused_fm.train.objective import Objective, batch_to_device
-from mused_fm.train.run_log import RunLog
+from mused_fm.train.run_log import RunLog, resolve_wandb_mode
 
 __all__ = ["METHODS", "AdaptResult", "adapt", "load_adapt_recipe"]
 
@@ -429,6 +429,7 @@ def adapt(recipe: AdaptRecipe) -> AdaptResult:
     a = recipe.adapt
     if not a.checkpoint or not a.shards or not a.subjects:
         raise InputError("adapt.checkpoint, adapt.shards and adapt.subjects are required (see --help).")
+    resolve_wandb_mode(recipe.log.wandb.mode)  # online logging without a login stops before the rendezvous
     dist = init_distributed()
     base = load_export(a.checkpoint)
     reference = _reference(a)

@@ -190,8 +190,10 @@ class TrainConfig:
 class WandbConfig:
     project: str = "mused-fm"
     """W&B project of the run."""
-    mode: Literal["online", "offline", "disabled"] = "disabled"
-    """online, offline (sync later with `wandb sync`) or disabled; WANDB_MODE=disabled also turns it off."""
+    mode: Literal["auto", "online", "offline", "disabled"] = "disabled"
+    """auto (the shipped recipes: online when a W&B login or WANDB_API_KEY is present, else offline, with the
+    `wandb sync` command logged), online (a named error without a login), offline (sync later with `wandb
+    sync`) or disabled; WANDB_MODE=disabled also turns it off."""
     entity: str = ""
     """W&B team or user; empty: your default entity."""
 

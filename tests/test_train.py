@@ -231,8 +231,8 @@ def test_corrupt_shard_is_skipped_and_named(cohort, tmp_path):
     assert sum(r.get("skipped_records", 0) for r in metrics(run)) >= 1
 
 
-def test_flagship_recipe_without_urls_is_a_clear_error():
-    proc = run_launcher("train", str(ROOT / "recipes" / "nsd_hcp.yaml"), timeout=120)
+def test_empty_url_is_a_clear_error():
+    proc = run_launcher("train", str(ROOT / "recipes" / "nsd_hcp.yaml"), "data.datasets.nsd.url=", timeout=120)
     assert proc.returncode == 2
     assert "data.datasets.nsd.url is empty" in proc.stderr
     assert "shards_tools pack-nsd" in proc.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 
 from mused_fm.config import Recipe
 from mused_fm.data.manifest import PACKER, Manifest, check_compatible
@@ -16,6 +17,8 @@ from mused_fm.errors import RecipeError
 from mused_fm.subject_ids import global_id, split_id
 
 __all__ = ["open_streams", "resolve_datasets"]
+
+PACK_COMMAND = {"nsd": "pack-nsd", "hcp": "pack-hcp"}  # the packer of the datasets the README packs by name
 
 
 def resolve_datasets(recipe: Recipe) -> tuple[Recipe, list[str], dict[str, Manifest]]:
@@ -33,6 +36,13 @@ def resolve_datasets(recipe: Recipe) -> tuple[Recipe, list[str], dict[str, Manif
                 f"{key}.url is empty: point it at shards written by `python -m shards_tools {PACKER[ds.input]}`, "
                 f"a folder or s3://bucket/prefix, e.g. "
                 f"`deepspeed launch/train.py RECIPE {key}.url=s3://bucket/shards/{name}`."
+            )
+        if "://" not in ds.url and not Path(ds.url).exists():
+            raise RecipeError(
+                f"{key}.url is {ds.url!r}, which does not exist (from {Path.cwd()}): write it with "
+                f"`python -m shards_tools {PACK_COMMAND.get(name, PACKER[ds.input])} ... --out {ds.url}` (README, "
+                f"Pack shards), or point "
+                f"{key}.url at your shards (`deepspeed launch/train.py RECIPE {key}.url=PATH_OR_S3_PREFIX`)."
             )
         manifest = Manifest.read(ds.url)
         check_compatible(ds, manifest, key)

@@ -39,7 +39,7 @@ from mused_fm.train.data import open_streams, resolve_datasets
 from mused_fm.train.engine import DEEPSPEED_VERSION, Engine, init_distributed
 from mused_fm.train.objective import Objective, batch_to_device
 from mused_fm.train.run_lock import RunLock
-from mused_fm.train.run_log import RunLog, run_info
+from mused_fm.train.run_log import RunLog, resolve_wandb_mode, run_info
 
 __all__ = ["train"]
 
@@ -278,6 +278,7 @@ class _Trainer:
 def train(recipe: Recipe) -> Path:
     """Train (or resume) the run the recipe describes; returns run_dir/export on every rank."""
     recipe, subject_ids, manifests = resolve_datasets(recipe)  # recipe/shard mismatches fail before any rendezvous
+    resolve_wandb_mode(recipe.log.wandb.mode)  # online logging without a login, too
     # Global rank 0 holds the run directory's lock for the whole run (taken before the rendezvous, so a
     # second run there fails at once); RANK is set by every launcher before the process starts.
     lock = RunLock(recipe.run.out_dir) if int(os.environ.get("RANK", "0")) == 0 else None

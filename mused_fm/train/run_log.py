@@ -24,10 +24,11 @@ from typing import Any
 import torch
 
 from mused_fm.config import BaseRecipe, recipe_to_dict
+from mused_fm.errors import RecipeError
 from mused_fm.files import dumps_json, json_safe, write_text
 from mused_fm.machine import device_info, git_commit
 
-__all__ = ["RunLog", "run_info"]
+__all__ = ["RunLog", "resolve_wandb_mode", "run_info", "wandb_login_present"]
 
 logger = logging.getLogger("mused_fm.train")
 METRICS = "metrics.jsonl"
@@ -62,6 +63,39 @@ def run_info(world_size: int, stage: int, precision: str, device: torch.device, 
     }
 
 
+def wandb_login_present() -> bool:
+    """A W&B API key where wandb looks for one: WANDB_API_KEY, or a netrc entry for the W&B host (what
+    `wandb login` writes; NETRC or ~/.netrc, the host from WANDB_BASE_URL, default api.wandb.ai)."""
+    if os.environ.get("WANDB_API_KEY", "").strip():
+        return True
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        entry = netrc.netrc(str(path)).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """The W&B mode a run uses: online, offline or disabled. Called on every rank before the rendezvous, so a
+    recipe that asks for online logging without a login stops before training, on all ranks alike."""
+    if mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled":
+        return "disabled"
+    if mode == "auto":
+        return "online" if wandb_login_present() else "offline"
+    if mode == "online" and not wandb_login_present():
+        raise RecipeError(
+            "log.wandb.mode is online but there is no W&B login (no WANDB_API_KEY, no api.wandb.ai entry in "
+            "~/.netrc): run `wandb login`, or set log.wandb.mode=auto (offline without a login, synced later with "
+            "`wandb sync`) or log.wandb.mode=disabled."
+        )
+    return mode
+
+
 class RunLog:
     """Rank-0 writer of a run's records; on other ranks every method does nothing."""
 
@@ -73,8 +107,8 @@ class RunLog:
         if not is_main:
             return
         self._truncate_after(resume_step)
-        mode = recipe.log.wandb.mode
-        if mode != "disabled" and os.environ.get("WANDB_MODE") != "disabled":
+        mode = resolve_wandb_mode(recipe.log.wandb.mode)
+        if mode != "disabled":
             import wandb
 
             self.wandb = wandb.init(
@@ -87,10 +121,21 @@ class RunLog:
                 id=self._wandb_id(),
                 resume="allow",
             )
+            if mode == "offline":
+                logger.info(
+                    "W&B logs offline to %s; upload them later with `wandb sync %s`",
+                    self.wandb_dir,
+                    self.wandb_dir,
+                )
         if sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=resume_step, desc=recipe.run.name, dynamic_ncols=True)
+
+    @property
+    def wandb_dir(self) -> Path | None:
+        """The W&B run's own directory (offline-run-... or run-...), what `wandb sync` takes."""
+        return Path(self.wandb.dir).parent.resolve() if self.wandb is not None else None
 
     def _wandb_id(self) -> str:
         """One wandb run per run directory, kept across resumes (stored beside the metrics)."""
@@ -141,7 +186,10 @@ class RunLog:
         if self.bar is not None:
             self.bar.close()
         if self.wandb is not None:
+            offline = self.wandb.settings.mode == "offline"
             self.wandb.finish()
+            if offline:
+                logger.info("W&B run written offline to %s: `wandb sync %s` uploads it", self.wandb_dir, self.wandb_dir)
 
 
 def _flatten(record: dict, prefix: str = "") -> dict[str, Any]:
