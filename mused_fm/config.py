@@ -180,6 +180,9 @@ class TrainConfig:
     """Steps between validations (mAP on every dataset's val split; the best export goes to best/)."""
     log_every: int = 10
     """Steps between records in metrics.jsonl (and progress lines)."""
+    compile: bool = False
+    """torch.compile each trunk block in place (state-dict keys unchanged). Off by default until a GPU run
+    measures it faster than eager (`make gpu-check`); not with ZeRO-3 (its parameter hooks break graphs)."""
     num_workers: int = -1
     """DataLoader workers per dataset and per rank (each holds a shuffle buffer; 0: load in the rank).
     -1: sized for the machine: the cores each rank has, less one for the rank, shared by its datasets
@@ -611,6 +614,8 @@ def _validate_common(recipe: BaseRecipe) -> list[str]:
         issues.append(f"train.num_workers must be >= 0, or -1 to size it for the machine; got {t.num_workers}.")
     if not 0.0 <= t.min_lr_ratio <= 1.0:
         issues.append(f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}.")
+    if t.compile and recipe.zero_stage == 3:
+        issues.append("train.compile is not supported with ZeRO-3 (deepspeed.zero_optimization.stage=3): use stage 2.")
 
     for key, owner in _DERIVED_DEEPSPEED_KEYS.items():
         if key in recipe.deepspeed:

@@ -254,12 +254,14 @@ def train_loader(
     num_workers: int = 2,
     buffer: int = 2048,
     worker_context: str | None = "spawn",
+    pin_memory: bool = False,
 ) -> wds.WebLoader:
     """Endless shuffled batches of one dataset; `epoch_batches` per iteration on every rank.
 
     Args:
         seed: the run seed folded with the global step on resume, so a resumed run draws new data.
         worker_context: multiprocessing start method of the workers (spawn: s3fs is not fork-safe).
+        pin_memory: batches in page-locked memory (for a GPU: the trainer's non-blocking copies overlap).
     """
     failures = ShardFailures(stream.name, stream.url)  # one object: the workers get it pickled with both stages
     pipeline = wds.DataPipeline(
@@ -268,7 +270,7 @@ def train_loader(
         ShuffledBatches(stream, batch_size, buffer, seed, failures),
     )
     kwargs = {"multiprocessing_context": worker_context, "persistent_workers": True} if num_workers else {}
-    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, **kwargs)
+    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
     return loader.with_epoch(epoch_batches)  # on the loader, not the dataset: not multiplied by workers
 
 

@@ -18,7 +18,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Attention", "Block", "Mlp", "Trunk"]
+__all__ = ["Attention", "Block", "Mlp", "Trunk", "sdpa_backend"]
+
+
+def sdpa_backend(head_dim: int, dtype: torch.dtype, device: torch.device) -> str:
+    """The fused attention kernel scaled_dot_product_attention runs at this head size, dtype and device: the
+    first of flash, memory-efficient, cuDNN that accepts a probe (no kernel: the math path, which
+    materialises the (L, L) attention matrix)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.zeros(1, 1, 8, head_dim, dtype=dtype, device=device)
+    candidates = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    if device.type == "cuda":
+        candidates.append(SDPBackend.CUDNN_ATTENTION)
+    for backend in candidates:
+        try:
+            with sdpa_kernel([backend]):
+                F.scaled_dot_product_attention(q, q, q)
+        except RuntimeError:  # "No available kernel": this backend refuses these inputs
+            continue
+        return backend.name.lower()
+    return "math"
 
 
 class Attention(nn.Module):
@@ -98,6 +118,12 @@ class Trunk(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio, dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
+
+    def compile_blocks(self) -> None:
+        """torch.compile each block in place (nn.Module.compile): parameters and state-dict keys unchanged, so
+        checkpoints and exports are those of the eager model. Before the optimizer is built."""
+        for block in self.blocks:
+            block.compile()
 
     def forward(self, x_BLD: torch.Tensor, num_readout: int | None = None) -> torch.Tensor:
         """(B, L, D) -> (B, L, D); with num_readout = N, only the first N tokens: (B, N, D)."""

@@ -126,11 +126,14 @@ def resolve_precision(recipe: BaseRecipe, device: torch.device) -> str:
     return precision
 
 
-def deepspeed_config(recipe: BaseRecipe, precision: str, total_steps: int | None = None) -> dict[str, Any]:
+def deepspeed_config(
+    recipe: BaseRecipe, precision: str, total_steps: int | None = None, device: torch.device | None = None
+) -> dict[str, Any]:
     """The DeepSpeed config of a recipe: the pass-through `deepspeed:` keys plus the derived ones.
 
     train_batch_size is left to DeepSpeed (micro x accumulation x world size), so the same recipe
-    runs on 2 CPU ranks and on 64 GPUs.
+    runs on 2 CPU ranks and on 64 GPUs. On CUDA the optimizer is torch's fused Adam(W) (one kernel for all
+    parameters; DeepSpeed passes `fused` through to torch.optim), elsewhere torch's default (foreach).
     """
     t = recipe.train
     optimizer = {"adamw": "AdamW", "adam": "Adam"}[t.optimizer]
@@ -149,6 +152,7 @@ def deepspeed_config(recipe: BaseRecipe, precision: str, total_steps: int | None
                 "weight_decay": t.weight_decay,
                 "torch_adam": True,
                 "adam_w_mode": t.optimizer == "adamw",
+                **({"fused": True} if device is not None and device.type == "cuda" else {}),
             },
         },
         "scheduler": {
@@ -197,7 +201,7 @@ class Engine:
         self.precision = resolve_precision(recipe, dist.device)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self.stage = recipe.zero_stage
-        self.config = deepspeed_config(recipe, self.precision, total_steps)
+        self.config = deepspeed_config(recipe, self.precision, total_steps, dist.device)
         trainable = [p for p in module.parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("nothing to train: every parameter of the model is frozen.")

@@ -35,6 +35,7 @@ from mused_fm.flops import count_flops, matmul_peak_flops
 from mused_fm.losses import LossTerms
 from mused_fm.machine import cpu_usable
 from mused_fm.model import MusedModel, SubjectRegistry, build_model
+from mused_fm.model.transformer import sdpa_backend
 from mused_fm.train.data import open_streams, resolve_datasets
 from mused_fm.train.engine import DEEPSPEED_VERSION, Engine, init_distributed
 from mused_fm.train.objective import Objective, batch_to_device
@@ -110,6 +111,8 @@ class _Trainer:
         torch.manual_seed(self.recipe.run.seed)  # identical initial weights on every rank
         model = build_model(self.recipe, self.registry.ids)
         self.flops_per_micro_step = _flops_per_step(model, self.sizes)
+        if t.compile:
+            model.trunk.compile_blocks()
         self.engine = Engine(Objective(model, self.recipe.loss), self.recipe, dist)
         self.peak = _peak_flops(dist, self.engine.dtype)
 
@@ -132,14 +135,18 @@ class _Trainer:
                     self.start,
                     t.max_steps,
                 )
+            m = self.recipe.model
             logger.info(
-                "%d subjects (%s); per-rank micro-batch %s; world size %d; ZeRO stage %d; %s",
+                "%d subjects (%s); per-rank micro-batch %s; world size %d; ZeRO stage %d; %s; attention kernel %s; "
+                "trunk %s",
                 len(self.registry),
                 ", ".join(self.registry.ids),
                 self.sizes,
                 dist.world_size,
                 self.engine.stage,
                 self.engine.precision,
+                sdpa_backend(m.dim // m.heads, self.engine.dtype, dist.device),
+                "compiled" if t.compile else "eager",
             )
         self.log = RunLog(self.out, self.recipe, dist.is_main, self.start, t.max_steps)
         # Micro-steps in a row whose loss was not finite, kept on the device (read once per log window).
@@ -159,8 +166,9 @@ class _Trainer:
         workers = workers_per_dataset(t.num_workers, len(self.streams))
         batches = (t.max_steps - self.start) * t.grad_accum_steps
         seed = self.recipe.run.seed + 1_000_003 * self.start  # a resumed run draws a new stream
+        cuda = self.dist.device.type == "cuda"  # page-locked batches: the copies to the GPU run asynchronously
         return {
-            name: iter(train_loader(stream, "train", self.sizes[name], batches, seed, workers))
+            name: iter(train_loader(stream, "train", self.sizes[name], batches, seed, workers, pin_memory=cuda))
             for name, stream in self.streams.items()
         }
 

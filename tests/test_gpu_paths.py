@@ -1,0 +1,126 @@
+"""CPU twins of the GPU-only paths (issue 16): each runs here the code a GPU run takes there.
+
+- fused Adam(W): the DeepSpeed config asks for torch's fused kernel on CUDA; on CPU (torch has a fused CPU
+  kernel too) the same config goes through DeepSpeed to torch.optim.AdamW(fused=True) and steps like foreach;
+- train.compile: compiled trunk blocks give the eager model's outputs and gradients, with its state-dict keys;
+- the attention kernel: scaled_dot_product_attention picks a fused kernel, which the trainer logs once;
+- pinned memory: the loader is asked for page-locked batches on CUDA only.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from mused_fm.config import load_recipe
+from mused_fm.errors import RecipeError
+from mused_fm.model.transformer import Trunk, sdpa_backend
+from mused_fm.train.engine import deepspeed_config
+
+from conftest import make_batch
+from train_helpers import ROOT
+
+DEMO = ROOT / "recipes" / "demo.yaml"
+
+
+def test_fused_adamw_on_cuda_goes_through_deepspeed_to_torch():
+    import deepspeed
+
+    from mused_fm.train.engine import init_distributed
+
+    recipe = load_recipe(DEMO, ["train.weight_decay=0.01"])
+    assert "fused" not in deepspeed_config(recipe, "fp32", device=torch.device("cpu"))["optimizer"]["params"]
+    config = deepspeed_config(recipe, "bf16", device=torch.device("cuda"))
+    assert config["optimizer"]["params"]["fused"] is True
+    init_distributed()  # a world of one, as `python launch/train.py` runs
+    runs = {}
+    for fused in (True, False):
+        cfg = copy.deepcopy({**config, "bf16": {"enabled": False}})  # the CUDA config, on this CPU in fp32
+        if not fused:
+            cfg["optimizer"]["params"].pop("fused")
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.GELU(), torch.nn.Linear(5, 3))
+        engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
+        inner = getattr(optimizer, "optimizer", optimizer)  # ZeRO wraps torch's optimizer
+        assert type(inner) is torch.optim.AdamW and bool(inner.defaults.get("fused")) is fused
+        x = torch.randn(8, 6, generator=torch.Generator().manual_seed(1))
+        for _ in range(3):
+            loss = engine(x).square().mean()
+            engine.backward(loss)
+            engine.step()
+        runs[fused] = [p.detach().clone() for p in engine.module.parameters()]
+    for a, b in zip(runs[True], runs[False], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_trunk_blocks_match_the_eager_model(tiny_model):
+    compiled = copy.deepcopy(tiny_model)
+    compiled.trunk.compile_blocks()
+    assert compiled.state_dict().keys() == tiny_model.state_dict().keys()  # checkpoints and exports unchanged
+    batch = make_batch(tiny_model, "nsd", ["nsd/subj01", "nsd/subj02", "nsd/subj01"])
+    outs = {}
+    for name, model in (("eager", tiny_model), ("compiled", compiled)):
+        model.train()
+        model.zero_grad()
+        out = model(batch["bold"], batch["rows"], "nsd")
+        (out.logits.sum() + out.z_hlv.square().mean()).backward()
+        outs[name] = (
+            out.logits.detach(),
+            {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+        )
+    from torch._dynamo.utils import counters
+
+    assert counters["stats"]["unique_graphs"] >= 1  # really compiled, not an eager fallback
+    torch.testing.assert_close(outs["compiled"][0], outs["eager"][0], rtol=1e-4, atol=1e-5)
+    assert outs["compiled"][1].keys() == outs["eager"][1].keys()
+    for name, grad in outs["eager"][1].items():
+        torch.testing.assert_close(outs["compiled"][1][name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_compile_with_zero3_is_refused_by_name(tiny_recipe):
+    from mused_fm.config import recipe_from_dict, recipe_to_dict
+
+    raw = recipe_to_dict(tiny_recipe)
+    raw["train"]["compile"] = True
+    raw["deepspeed"] = {"zero_optimization": {"stage": 3}}
+    with pytest.raises(RecipeError, match=r"train\.compile is not supported with ZeRO-3"):
+        recipe_from_dict(raw, source="t")
+    raw["deepspeed"] = {"zero_optimization": {"stage": 2}}
+    assert recipe_from_dict(raw, source="t").train.compile is True
+
+
+def test_attention_takes_a_fused_kernel_and_the_probe_names_it():
+    backend = sdpa_backend(16, torch.float32, torch.device("cpu"))
+    assert backend in {"flash_attention", "efficient_attention"}  # torch's CPU flash kernel, not the math path
+    trunk = Trunk(32, 1, 2)
+    x = torch.randn(2, 12, 32)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([getattr(SDPBackend, backend.upper())]):  # the trunk runs under that kernel alone
+        fused = trunk(x)
+    with sdpa_kernel([SDPBackend.MATH]):
+        torch.testing.assert_close(fused, trunk(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_loader_pins_batches_only_when_asked(monkeypatch):
+    from mused_fm.data import pipeline
+
+    seen = {}
+
+    class Recording:
+        def __init__(self, *args, **kwargs):
+            seen.update(kwargs)
+
+        def with_epoch(self, n):
+            return self
+
+    monkeypatch.setattr(pipeline.wds, "WebLoader", Recording)
+    stream = dataclasses.make_dataclass("S", [("name", str), ("url", str)])("nsd", "x")
+    stream.shard_urls = lambda split: ["x/a.tar"]
+    for pin in (True, False):
+        pipeline.train_loader(stream, "train", 4, 1, 0, num_workers=0, pin_memory=pin)
+        assert seen["pin_memory"] is pin
