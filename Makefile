@@ -18,7 +18,7 @@ export MUSED_FM_CACHE ?= $(CURDIR)/.cache/mused_fm
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= disabled
 
-.PHONY: install test test-fast lint bench demo demo-compare clean recipe-doc
+.PHONY: install test test-fast lint bench demo demo-compare clean recipe-doc gpu-wheels gpu-check
 
 install: $(STAMP)
 
@@ -152,5 +152,14 @@ demo-compare: install
 		--out $(DEMO_DIR)/compare --jobs $(COMPARE_JOBS) $(COMPARE_ARGS)
 	$(PY) launch/report.py $(DEMO_DIR) --shards $(DEMO_DIR)/shards/nsd --shards $(DEMO_DIR)/shards/hcp
 
+# The first GPU run, prepared (docs/BENCHMARKS.md, "GPU check"): on a GPU machine, `bash scripts/gpu_check.sh`
+# as it is (no make, no network there: gpu-wheels, run here, puts what its python3 lacks in .gpu-wheels/).
+# GPU_CHECK_DEVICE=cpu: its CPU twin at tiny sizes, with this venv (CI runs it). OUT=dir: where bench_gpu.json goes.
+gpu-wheels: install
+	PYTHON=$(PY) bash scripts/gpu_wheels.sh
+
+gpu-check:
+	$(if $(filter cpu,$(GPU_CHECK_DEVICE)),PYTHON=$(PY) )bash scripts/gpu_check.sh
+
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) .cache .pytest_cache .gpu-wheels

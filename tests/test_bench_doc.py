@@ -44,7 +44,8 @@ PACK = {
     }
     for name, size in (("nsd", 40_000.0), ("hcp", 9000.0), ("bids", 5000.0))
 }
-RESULTS = {"model": MODEL, "loader": LOADER, "pack": PACK}
+GPU = {"measured": False, "reason": "no GPU yet", "command": "bash scripts/gpu_check.sh"}
+RESULTS = {"model": MODEL, "loader": LOADER, "pack": PACK, "gpu": GPU}
 ENV = {
     "date": "2031-02-03T04:05:06Z",
     "command": "python -m mused_fm.bench model --rounds 2",
@@ -77,6 +78,8 @@ DOC = (
     + section("loader")
     + "## Pack\n\n"
     + section("pack", "")
+    + "\n## GPU\n\n"
+    + section("gpu")
     + "\n## Training (by hand)\n\n| figure | value |\n| --- | --- |"
 )
 
@@ -113,9 +116,9 @@ LOADER_END, LOADER_BEGIN, MODEL_END = (
 BAD_DOCS = {
     "missing": (DOC.replace(section("pack", ""), ""), r"(?s)<doc>: no markers for the pack .*bench:pack:begin"),
     "unpaired": (DOC.replace(LOADER_END, ""), r"'<!-- bench:loader:end -->' appears 0 times \(nowhere\)"),
-    "repeated": (DOC + "\n" + section("model"), r"'<!-- bench:model:begin -->' appears 2 times \(at lines 7, 26\)"),
+    "repeated": (DOC + "\n" + section("model"), r"'<!-- bench:model:begin -->' appears 2 times \(at lines 7, 32\)"),
     "reversed": (DOC.replace(section("loader"), LOADER_END + LOADER_BEGIN), r"end -->' \(line 14\) comes before"),
-    "unknown": (DOC + "\n" + section("modle"), r"<doc>:26: unknown benchmark 'modle'.*one of model, loader, pack"),
+    "unknown": (DOC + "\n" + section("modle"), r"<doc>:32: unknown benchmark 'modle'.*one of model, loader, pack, gpu"),
     "malformed": (DOC.replace("<!-- bench:pack:begin -->", "<!--bench:pack:begin-->"), r"<doc>:19: malformed"),
     "overlapping": (
         DOC.replace(MODEL_END, "").replace(LOADER_BEGIN, LOADER_BEGIN + MODEL_END),
@@ -171,7 +174,7 @@ def test_cli_rewrites_the_doc_from_the_json(tmp_path, capsys):
     write_jsons(tmp_path)
     assert main(["doc", "--doc", str(doc), "--json-dir", str(tmp_path)])["changed"] is True
     new = doc.read_bytes().decode()
-    assert outside(new) == outside(DOC) and new.count("Taken 2031-02-03 04:05 UTC") == 3
+    assert outside(new) == outside(DOC) and new.count("Taken 2031-02-03 04:05 UTC") == 4
     assert main(["doc", "--doc", str(doc), "--json-dir", str(tmp_path)])["changed"] is False
     assert "already up to date" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []  # the atomic write's temp is gone

@@ -124,3 +124,30 @@ def test_the_loader_pins_batches_only_when_asked(monkeypatch):
     for pin in (True, False):
         pipeline.train_loader(stream, "train", 4, 1, 0, num_workers=0, pin_memory=pin)
         assert seen["pin_memory"] is pin
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_end_to_end_as_its_cpu_twin(tmp_path):
+    """`make gpu-check GPU_CHECK_DEVICE=cpu`: the script the GPU machine runs, every stage at tiny sizes."""
+    import json
+    import subprocess
+    import sys
+
+    from train_helpers import child_env
+
+    env = child_env(GPU_CHECK_DEVICE="cpu", PYTHON=sys.executable, OUT=str(tmp_path), TMPDIR=str(tmp_path))
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "bench_gpu.json").read_text())
+    assert result["measured"] and result["reduced"] and result["facts"]["device"] == "cpu"
+    assert [r["batch"] for r in result["throughput"]["nsd"]] == [8, 32] and result["throughput"]["hcp"]["batch"] >= 1
+    train = result["train"]
+    assert train["samples_per_s"] > 0 and 0 <= train["data_wait"] < 1
+    assert train["resume"]["to_step"] > train["resume"]["from_step"] and train["resume"]["no_step_twice"]
+    assert train["zero3"]["exported"]
+    assert result["adapt"]["frozen_identical"] and result["adapt"]["new_rows"] == 1
+    assert result["export_eval"]["agrees"]
+    assert "mfu_best" not in result and set(result["twin_figures"]) == {"mfu_best", "epoch_seconds", "data_wait"}
+    assert "token-only adaptation: frozen weights bit-identical" in proc.stdout

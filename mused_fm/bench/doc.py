@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 
-from mused_fm.bench import loader, model, pack
+from mused_fm.bench import gpu, loader, model, pack
 from mused_fm.data import storage
 from mused_fm.errors import InputError, MissingFileError
 
@@ -34,7 +34,7 @@ __all__ = ["BENCHMARKS", "MarkerError", "render_section", "update_doc", "update_
 
 # The benchmarks, in the order `make bench` runs them; __main__ builds its subcommands from this.
 # Each module has add_arguments(parser), run(args) -> dict, report(dict) -> str and TARGETS.
-BENCHMARKS: dict[str, ModuleType] = {"model": model, "loader": loader, "pack": pack}
+BENCHMARKS: dict[str, ModuleType] = {"model": model, "loader": loader, "pack": pack, "gpu": gpu}
 
 _MARKER = re.compile(r"^<!-- bench:([^:\s]+):(begin|end) -->\r?$", re.MULTILINE)
 # Anything that starts like a marker: a near miss (missing space, capital) must not pass silently.
