@@ -86,7 +86,8 @@ class ModelConfig:
     volume_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     """Channels of the 3D-CNN stages of volume tokenizers; each stage halves every spatial axis."""
     volume_norm: Literal["batch", "group"] = "batch"
-    """Normalisation in the 3D CNN: batch (as the paper's ResNet) or group (small per-rank batches)."""
+    """Normalisation in the 3D CNN: batch (as the paper's ResNet; on several GPUs its statistics are synchronised
+    across ranks, SyncBatchNorm, so small per-rank batches normalise over the global batch) or group."""
 
 
 @dataclass

@@ -151,3 +151,24 @@ def test_gpu_check_runs_end_to_end_as_its_cpu_twin(tmp_path):
     assert result["export_eval"]["agrees"]
     assert "mfu_best" not in result and set(result["twin_figures"]) == {"mfu_best", "epoch_seconds", "data_wait"}
     assert "token-only adaptation: frozen weights bit-identical" in proc.stdout
+
+
+def test_sync_batchnorm_keeps_the_model_and_its_checkpoints(tiny_model):
+    """On several GPUs the volume tokenizer's BatchNorms become SyncBatchNorms: same parameters, buffers and
+    state-dict keys (a plain model loads the checkpoint), the same outputs where no peer shares statistics."""
+    from mused_fm.model.tokenizers import sync_batchnorm
+
+    synced = copy.deepcopy(tiny_model)
+    n = sync_batchnorm(synced.tokenizers)
+    assert n == sum(isinstance(m, torch.nn.BatchNorm3d) for m in tiny_model.modules()) > 0
+    assert not any(type(m) is torch.nn.BatchNorm3d for m in synced.modules())
+    state = synced.state_dict()
+    assert state.keys() == tiny_model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in tiny_model.state_dict().items())
+    copy.deepcopy(tiny_model).load_state_dict(state, strict=True)  # a plain model takes the synced one's weights
+    batch = make_batch(tiny_model, "hcp", ["hcp/100610", "hcp/100610"])
+    for model in (tiny_model, synced):
+        model.eval()
+    torch.testing.assert_close(
+        synced(batch["bold"], batch["rows"], "hcp").logits, tiny_model(batch["bold"], batch["rows"], "hcp").logits
+    )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import statistics
@@ -143,9 +144,10 @@ def _model_recipe(size: dict, urls: dict[str, str] | None = None, **sections) ->
     return {"model": dict(size["model"]), "data": {"datasets": {"nsd": nsd, "hcp": hcp}}, **sections}
 
 
-def _timed(step, device: torch.device, rounds: int = 3) -> float:
-    """Median seconds of `step` after one warm-up call."""
-    step()
+def _timed(step, device: torch.device, rounds: int = 3, warmup: int = 3) -> float:
+    """Median seconds of `step` after `warmup` calls (a compiled model compiles over its first few)."""
+    for _ in range(warmup):
+        step()
     times = []
     for _ in range(rounds):
         if device.type == "cuda":
@@ -165,28 +167,28 @@ def throughput(size: dict, device: torch.device, peak: float) -> dict:
     model = build_model(recipe).to(device).train()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
-    def step_of(dataset: str, B: int):
+    def step_of(dataset: str, B: int, net: torch.nn.Module = model):
         spec = model.datasets[dataset]
         shape = (spec.num_rois, spec.roi_dim) if spec.input == "roi" else tuple(spec.volume_shape)
         names = NSD_TRAINED if dataset == "nsd" else HCP_SUBJECTS
         bold = torch.randn(B, *shape, device=device)
-        rows = model.subject_rows([global_id(dataset, names[i % len(names)]) for i in range(B)]).to(device)
+        rows = net.subject_rows([global_id(dataset, names[i % len(names)]) for i in range(B)]).to(device)
         labels = (torch.rand(B, spec.num_classes, device=device) < 0.1).to(torch.uint8)
         llv, hlv = torch.randn(B, 64, device=device), torch.randn(B, 32, device=device)
         weights = recipe.loss.for_dataset(dataset)
 
         def step() -> None:
-            model.zero_grad(set_to_none=True)
+            net.zero_grad(set_to_none=True)
             with autocast:
-                out = model(bold, rows, dataset)
+                out = net(bold, rows, dataset)
                 loss = clip_mused_loss(out, labels, llv, hlv, weights).total
             loss.backward()
 
         return step
 
-    def measure(dataset: str, B: int) -> dict:
-        step = step_of(dataset, B)
-        flops = count_flops(step)
+    def measure(dataset: str, B: int, net: torch.nn.Module = model, flops: int | None = None) -> dict:
+        step = step_of(dataset, B, net)
+        flops = flops or count_flops(step)  # counted eagerly: a compiled step does the same work
         seconds = _timed(step, device)
         row = {"batch": B, "samples_per_s": B / seconds, "flops_per_s": flops / seconds, "mfu": flops / seconds / peak}
         logger.info(
@@ -195,6 +197,14 @@ def throughput(size: dict, device: torch.device, peak: float) -> dict:
         return row
 
     result = {"nsd": [measure("nsd", B) for B in size["batches"]], "hcp": None}
+    # train.compile's default: compiled trunk blocks against eager at the best NSD batch (on when faster).
+    eager = max(result["nsd"], key=lambda r: r["samples_per_s"])
+    compiled_model = copy.deepcopy(model)
+    compiled_model.trunk.compile_blocks()
+    flops = round(eager["flops_per_s"] * eager["batch"] / eager["samples_per_s"])
+    compiled = measure("nsd", eager["batch"], compiled_model, flops)
+    result["compiled"] = {**compiled, "speedup": compiled["samples_per_s"] / eager["samples_per_s"]}
+    del compiled_model
     for B in size["hcp_batches"]:  # the largest HCP batch that fits
         try:
             result["hcp"] = measure("hcp", B)
@@ -384,6 +394,11 @@ def report(result: dict) -> str:
     for row in result["throughput"]["nsd"]:
         lines.append(
             f"NSD fwd+bwd batch {row['batch']:>5}: {row['samples_per_s']:>10,.0f} samples/s, MFU {row['mfu']:.1%}"
+        )
+    c = result["throughput"].get("compiled")
+    if c:
+        lines.append(
+            f"NSD compiled batch {c['batch']:>5}: {c['samples_per_s']:>10,.0f} samples/s, {c['speedup']:.2f}x eager"
         )
     hcp = result["throughput"]["hcp"]
     if hcp:

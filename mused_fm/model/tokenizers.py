@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["RoiTokenizer", "VolumeTokenizer", "conv_output_shape"]
+__all__ = ["RoiTokenizer", "VolumeTokenizer", "conv_output_shape", "sync_batchnorm"]
 
 
 class RoiTokenizer(nn.Module):
@@ -40,6 +40,20 @@ class RoiTokenizer(nn.Module):
                 f"{tuple(bold_BRF.shape)}; the recipe's num_rois/roi_dim must match the shards' manifest."
             )
         return self.proj(bold_BRF)  # (B, R, D)
+
+
+def sync_batchnorm(module: nn.Module) -> int:
+    """Turn every BatchNorm3d under `module` into a SyncBatchNorm in place (same parameters, buffers and
+    state-dict keys: checkpoints and exports are unchanged); returns how many. For data-parallel CUDA training,
+    where each rank's few volumes would otherwise give the batch statistics (SyncBatchNorm needs CUDA to train)."""
+    count = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm3d):
+            setattr(module, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+            count += 1
+        else:
+            count += sync_batchnorm(child)
+    return count
 
 
 def conv_output_shape(shape: Sequence[int], num_stages: int) -> tuple[int, ...]:

@@ -35,6 +35,7 @@ from mused_fm.flops import count_flops, matmul_peak_flops
 from mused_fm.losses import LossTerms
 from mused_fm.machine import cpu_usable
 from mused_fm.model import MusedModel, SubjectRegistry, build_model
+from mused_fm.model.tokenizers import sync_batchnorm
 from mused_fm.model.transformer import sdpa_backend
 from mused_fm.train.data import open_streams, resolve_datasets
 from mused_fm.train.engine import DEEPSPEED_VERSION, Engine, init_distributed
@@ -113,6 +114,12 @@ class _Trainer:
         self.flops_per_micro_step = _flops_per_step(model, self.sizes)
         if t.compile:
             model.trunk.compile_blocks()
+        if dist.world_size > 1 and dist.device.type == "cuda":  # before the optimizer: same parameters either way
+            synced = sync_batchnorm(model.tokenizers)
+            if synced and dist.is_main:
+                logger.info(
+                    "volume tokenizer: %d BatchNorm layers synchronised across the %d ranks", synced, dist.world_size
+                )
         self.engine = Engine(Objective(model, self.recipe.loss), self.recipe, dist)
         self.peak = _peak_flops(dist, self.engine.dtype)
 
