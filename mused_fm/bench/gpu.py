@@ -115,9 +115,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def facts(device: torch.device) -> dict:
-    import deepspeed
+    from mused_fm.train.engine import DEEPSPEED_VERSION  # the one module that imports deepspeed
 
-    info = {**device_info(device), "deepspeed": deepspeed.__version__, "cuda": torch.version.cuda}
+    info = {**device_info(device), "deepspeed": DEEPSPEED_VERSION, "cuda": torch.version.cuda}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(memory_gib=props.total_memory / 2**30, capability=f"{props.major}.{props.minor}")
