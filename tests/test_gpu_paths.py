@@ -135,7 +135,19 @@ def test_gpu_check_runs_end_to_end_as_its_cpu_twin(tmp_path):
 
     from train_helpers import child_env
 
+    # The GPU machine's python3 has no nibabel, boto, s3fs, wandb, matplotlib or PyAV: the check must not need them.
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import importlib.abc, sys\n"
+        "class Absent(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'nibabel', 'botocore', 's3fs', 'wandb', 'matplotlib', 'av', 'moto'}:\n"
+        "            raise ImportError(f'{name} is not on the GPU machine')\n"
+        "sys.meta_path.insert(0, Absent())\n"
+    )
     env = child_env(GPU_CHECK_DEVICE="cpu", PYTHON=sys.executable, OUT=str(tmp_path), TMPDIR=str(tmp_path))
+    env["PYTHONPATH"] = f"{blocker}:{env['PYTHONPATH']}"
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu_check.sh")], env=env, capture_output=True, text=True, timeout=600
     )

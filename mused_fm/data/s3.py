@@ -22,8 +22,6 @@ import io
 import os
 import threading
 
-import botocore.exceptions
-import botocore.session
 import fsspec
 import webdataset as wds
 
@@ -33,16 +31,17 @@ BUFFER = 2**20  # bytes per read from the socket; 128 KiB to 4 MiB measured alik
 RESUMES = 3  # ranged re-GETs after a dropped connection, per shard
 DRAIN = 2**20  # an unread tail up to this size is read on close so the connection goes back to the pool
 
-# What a dropped or stalled connection raises while a body is read (urllib3 errors come wrapped).
-_DROPPED = (
-    botocore.exceptions.ResponseStreamingError,
-    botocore.exceptions.IncompleteReadError,
-    botocore.exceptions.ReadTimeoutError,
-    ConnectionError,
-)
-
 _clients: dict[int, object] = {}
 _lock = threading.Lock()
+
+
+def _dropped() -> tuple[type[BaseException], ...]:
+    """What a dropped or stalled connection raises while a body is read (urllib3 errors come wrapped).
+    botocore is imported on first use: a machine that never reads s3:// (a GPU box without it) needs none."""
+    import botocore.exceptions
+
+    e = botocore.exceptions
+    return (e.ResponseStreamingError, e.IncompleteReadError, e.ReadTimeoutError, ConnectionError)
 
 
 def _client():
@@ -50,6 +49,8 @@ def _client():
     if pid not in _clients:
         with _lock:
             if pid not in _clients:
+                import botocore.session
+
                 _clients[pid] = botocore.session.get_session().create_client("s3")
     return _clients[pid]
 
@@ -72,10 +73,12 @@ class _ObjectReader(io.RawIOBase):
             try:
                 n = self.body.readinto(buffer)
                 if n == 0:  # botocore checks the length at the end, but do not rely on it
+                    import botocore.exceptions
+
                     raise botocore.exceptions.IncompleteReadError(actual_bytes=self.pos, expected_bytes=self.size)
                 self.pos += n
                 return n
-            except _DROPPED:
+            except _dropped():
                 if self.resumes == RESUMES:
                     raise
                 self.resumes += 1
