@@ -107,9 +107,11 @@ demo: install
 		--clip-model $(DEMO_DIR)/raw/clip --out $(DEMO_DIR)/shards/hcp
 	@echo "== 3/7 DeepSpeed ZeRO-2 training on $(DEMO_RANKS) ranks$(if $(TRAIN_VIA), streaming from a local S3 server,) -> $(DEMO_DIR)/run"
 	$(TRAIN_VIA) $(DS) $(TRAIN) run.out_dir=$(DEMO_DIR)/run $(TRAIN_URLS)
-	@echo "== 4/7 evaluation on the test split -> $(DEMO_DIR)/eval.json"
+	@echo "== 4/7 evaluation on the test split -> $(DEMO_DIR)/eval.json (and the export's model card), predictions -> $(DEMO_DIR)/predictions.jsonl"
 	$(PY) launch/evaluate.py --checkpoint $(DEMO_DIR)/run/export --shards $(DEMO_DIR)/shards/nsd \
 		--shards $(DEMO_DIR)/shards/hcp --split test --json $(DEMO_DIR)/eval.json
+	$(PY) launch/predict.py --checkpoint $(DEMO_DIR)/run/export --shards $(DEMO_DIR)/shards/nsd \
+		--shards $(DEMO_DIR)/shards/hcp --split test --out $(DEMO_DIR)/predictions.jsonl
 	@echo "== 5/7 comparison run with $(DEMO_NEW) $(DEMO_NEW_NSD) in pretraining (the reference of the new-subject curves)"
 	$(DS) $(TRAIN) run.out_dir=$(DEMO_DIR)/run_with_new $(LOCAL_URLS) data.datasets.nsd.subjects=$(DEMO_NSD) \
 		data.datasets.hcp.subjects=$(DEMO_HCP)

@@ -44,6 +44,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     metrics = evaluate_model(Path(args.checkpoint), args.shards, args.split, args.batch_size, wanted, device)
     write_json(args.json, metrics)
+    if args.split == "test" and not wanted:  # the export's model card gains its test metrics
+        from mused_fm.model import export_dir, load_export
+
+        directory = export_dir(args.checkpoint)
+        load_export(directory).write_card(directory, metrics)
     for name, m in metrics["datasets"].items():
         print(f"{name}: mAP {m['mAP']:.4f}  AUC {m['AUC']:.4f}  hamming {m['hamming']:.4f}  (n={m['n']}, {args.split})")
     print(f"wrote {args.json}")

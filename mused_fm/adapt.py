@@ -463,7 +463,8 @@ def adapt(recipe: AdaptRecipe) -> AdaptResult:
         barrier()
     if dist.is_main:
         export_model.merge_new_subjects()
-        export_model.save_pretrained(out / "export", loss=recipe.loss)
+        export_model.class_names = export_model.class_names or base.class_names
+        export_model.save_pretrained(out / "export", loss=recipe.loss, metrics=export_metrics)
         write_json(out / "eval.json", export_metrics)
         logger.info(
             "exported %s with %s added (token-only, fraction %g, seed %d) to %s",

@@ -64,6 +64,17 @@ def test_make_demo_leaves_what_design_says(tmp_path):
     assert set(evaluation["datasets"]) == {"nsd", "hcp"}
     assert {f"nsd/subj0{i}" for i in range(1, 5)} <= set(evaluation["subjects"])
     assert all(0 <= d["mAP"] <= 1 and d["n"] > 0 for d in evaluation["datasets"].values())
+    predictions = [json.loads(line) for line in (demo / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == sum(d["n"] for d in evaluation["datasets"].values())  # each test sample once
+    classes = json.loads((run / "export" / "config.json").read_text())["classes"]
+    assert all(
+        name in classes["nsd"] for row in predictions if row["subject"].startswith("nsd/") for name, _ in row["top"]
+    )
+    card = (run / "export" / "README.md").read_text()
+    assert (
+        card.startswith("---\nlibrary_name: mused-fm")
+        and f"| nsd | {evaluation['datasets']['nsd']['mAP']:.4f} |" in card
+    )
 
     for where, new in (("adapt", "hcp/102816"), ("adapt_nsd", "nsd/subj05")):
         assert new in json.loads((demo / where / "export" / "registry.json").read_text())["subjects"]

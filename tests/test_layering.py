@@ -5,7 +5,7 @@ Layers, bottom up (a module may import its own package and any lower layer, noth
     1  small shared modules: subject_ids, files, log, machine, flops, distributed
     2  config, entry (how entry points end)
     3  data, model, metrics, stats, recipe_reference (the README's recipe table, from config)
-    4  losses (reads the model's outputs), evaluate
+    4  losses (reads the model's outputs), evaluate, predict
     5  train (the only package that imports deepspeed), baselines, token_reliance
     6  adapt, compare, report, shards_tools
     7  bench (it times the shard tools, the model and the loader)
@@ -27,7 +27,7 @@ LAYER = {
     "mused_fm.machine": 1, "mused_fm.flops": 1, "mused_fm.distributed": 1,
     "mused_fm.config": 2, "mused_fm.entry": 2,
     "mused_fm.data": 3, "mused_fm.model": 3, "mused_fm.metrics": 3, "mused_fm.stats": 3, "mused_fm.recipe_reference": 3,
-    "mused_fm.losses": 4, "mused_fm.evaluate": 4,
+    "mused_fm.losses": 4, "mused_fm.evaluate": 4, "mused_fm.predict": 4,
     "mused_fm.train": 5, "mused_fm.baselines": 5, "mused_fm.token_reliance": 5,
     "mused_fm.adapt": 6, "mused_fm.compare": 6, "mused_fm.report": 6, "shards_tools": 6,
     "mused_fm.bench": 7,

@@ -190,6 +190,7 @@ def test_save_pretrained_reloads_to_identical_outputs(tiny_model, tmp_path):
     tiny_model.eval()
     tiny_model.save_pretrained(tmp_path / "export")
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
+        "README.md",  # the model card
         "config.json",
         "model.safetensors",
         "registry.json",

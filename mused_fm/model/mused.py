@@ -37,7 +37,8 @@ from torch import nn
 
 from mused_fm.config import DatasetConfig, LossConfig, ModelConfig, Recipe, recipe_from_dict
 from mused_fm.errors import CheckpointError, MissingFileError, RecipeError, UnknownSubjectError
-from mused_fm.files import atomic_path, write_json
+from mused_fm.files import atomic_path, write_json, write_text
+from mused_fm.model.card import CARD_NAME, model_card
 from mused_fm.model.heads import MultiLabelHead
 from mused_fm.model.registry import SubjectRegistry
 from mused_fm.model.subject_tokens import SubjectTokens, fold_new_rows
@@ -115,6 +116,9 @@ class MusedModel(nn.Module):
         # Submodules that train() leaves in eval mode: freeze.py lists the frozen BatchNorm layers here so
         # their running statistics stay put while dropout still follows the train/eval flag.
         self.keep_eval: tuple[str, ...] = ()
+        # Class names per dataset, in head order: the trainer sets them from the shards' manifests and they
+        # travel in the export (config.json "classes"), so predictions need no shards to be named.
+        self.class_names: dict[str, list[str]] = {}
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -168,6 +172,25 @@ class MusedModel(nn.Module):
         return MusedOutput(self.heads[dataset](z_llv, z_hlv), z_llv, z_hlv)
 
     @torch.no_grad()
+    def class_names_of(self, dataset: str) -> list[str]:
+        """The dataset's class names in head order (class_0, class_1, ... for an export without names)."""
+        names = self.class_names.get(dataset)
+        return list(names) if names else [f"class_{i}" for i in range(self.datasets[dataset].num_classes)]
+
+    @torch.no_grad()
+    def predict(
+        self, bold: torch.Tensor, subject_ids: Sequence[str], dataset: str, top_k: int = 5, threshold: float = 0.5
+    ) -> list[dict]:
+        """Named predictions for a batch: per sample {"subject", "top": [[class, probability], ...] (top_k, most
+        probable first), "predicted": [classes with probability >= threshold]}. Unknown subjects raise by name.
+        """
+        from mused_fm.model.predictions import prediction_rows
+
+        rows = self.subject_rows(subject_ids, dataset).to(bold.device)
+        bold = bold.to(next(self.parameters()).dtype)  # shards store float16
+        probs = torch.sigmoid(self(bold, rows, dataset).logits.float()).cpu().numpy()
+        return prediction_rows(probs, self.class_names_of(dataset), top_k, threshold, subject=list(subject_ids))
+
     def readout_attention(self, bold: torch.Tensor, subject_row_B: torch.Tensor, dataset: str) -> torch.Tensor:
         """(B, 2, 2 + M) last-layer attention of the low- (row 0) and high-level (row 1) token, mean over heads.
 
@@ -265,10 +288,15 @@ class MusedModel(nn.Module):
         }
         if loss is not None:
             config["loss"] = dataclasses.asdict(loss)
+        if self.class_names:
+            config["classes"] = {n: list(v) for n, v in self.class_names.items()}
         return config
 
-    def save_pretrained(self, directory: str | os.PathLike, loss: LossConfig | None = None) -> None:
-        """Write model.safetensors, config.json and registry.json; each file appears whole or not at all.
+    def save_pretrained(
+        self, directory: str | os.PathLike, loss: LossConfig | None = None, metrics: dict | None = None
+    ) -> None:
+        """Write model.safetensors, config.json, registry.json and README.md (a model card in the form Hugging
+        Face uses, model/card.py); each file appears whole or not at all.
 
         Added subjects are folded into one (N+k)-row table, so the export loads as a plain model
         whose registry lists them after the old subjects.
@@ -276,14 +304,22 @@ class MusedModel(nn.Module):
         Args:
             loss: the loss the weights were trained with, kept in config.json (export_config); the trainer
                 and adaptation pass theirs, so that adapting the export fits with the same objective.
+            metrics: test metrics in eval.json's form, for the model card (launch/evaluate.py adds them later).
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in fold_new_rows(self.state_dict()).items()}
         with atomic_path(out / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt"})
-        write_json(out / CONFIG_NAME, self.export_config(loss))
+        config = self.export_config(loss)
+        write_json(out / CONFIG_NAME, config)
         self.registry.save(out / REGISTRY_NAME)
+        write_text(out / CARD_NAME, model_card(self, config, metrics))
+
+    def write_card(self, directory: str | os.PathLike, metrics: dict | None = None) -> None:
+        """Rewrite the export's README.md from its config.json, with test `metrics` (eval.json's form)."""
+        config = json.loads((Path(directory) / CONFIG_NAME).read_text())
+        write_text(Path(directory) / CARD_NAME, model_card(self, config, metrics))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> MusedModel:
@@ -317,6 +353,13 @@ class MusedModel(nn.Module):
                 "copy or export it again."
             ) from None
         model.load_state_dict(weights, strict=True)
+        classes = config.get("classes") or {}
+        wrong = [n for n, v in classes.items() if n not in model.datasets or len(v) != model.datasets[n].num_classes]
+        if wrong:
+            raise CheckpointError(
+                f"{src / CONFIG_NAME}: classes of {wrong} do not match the heads' class counts; re-export the model."
+            )
+        model.class_names = {n: list(v) for n, v in classes.items()}
         return model.to(map_location)
 
 

@@ -287,6 +287,7 @@ class _Trainer:
             model = build_model(self.recipe, self.registry.ids)
             prefix = "model."
             model.load_state_dict({k[len(prefix) :]: v for k, v in state.items()}, strict=True)
+            model.class_names = {n: list(s.manifest.classes) for n, s in self.streams.items()}  # travel with it
             model.save_pretrained(directory, loss=self.recipe.loss)  # adaptation fits with the same loss
         barrier()
 
