@@ -18,16 +18,12 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mused_fm.entry import add_export_arguments, run_entry
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="export directory, or a run directory")
-    parser.add_argument("--shards", action="append", required=True, help="shard folder or s3:// prefix (repeatable)")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--subjects", default="", help="global ids to evaluate, comma-separated (default: all known)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    add_export_arguments(parser, "evaluate")
     parser.add_argument("--json", required=True, help="where to write the metrics (a file or an s3:// URL)")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from mused_fm.entry import run_entry
     from mused_fm.log import init_logging
 
     init_logging()

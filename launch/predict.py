@@ -19,21 +19,17 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mused_fm.entry import add_export_arguments, run_entry
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="export directory, or a run directory")
-    parser.add_argument("--shards", action="append", required=True, help="shard folder or s3:// prefix (repeatable)")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--subjects", default="", help="global ids to predict, comma-separated (default: all known)")
+    add_export_arguments(parser, "predict")
     parser.add_argument("--out", required=True, help="predictions file: .jsonl or .csv (a path or an s3:// URL)")
     parser.add_argument("--top-k", type=int, default=5, help="most probable classes per row (default 5)")
     parser.add_argument(
         "--threshold", type=float, default=0.5, help="probability at or above which a class is predicted"
     )
     parser.add_argument("--average-repeats", action="store_true", help="one row per subject and stimulus")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from mused_fm.entry import run_entry
     from mused_fm.log import init_logging
 
     init_logging()

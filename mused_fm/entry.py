@@ -21,6 +21,7 @@ closed/reset by peer") and NCCL peers are stopped by the launcher.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -28,7 +29,18 @@ from collections.abc import Callable
 
 from mused_fm.errors import MusedError
 
-__all__ = ["run_entry"]
+__all__ = ["add_export_arguments", "run_entry"]
+
+
+def add_export_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """The arguments of an entry point that runs an export over shard sets (evaluate, predict): --checkpoint,
+    --shards, --split, --subjects, --batch-size, and the --local_rank some launchers pass."""
+    parser.add_argument("--checkpoint", required=True, help="export directory, or a run directory")
+    parser.add_argument("--shards", action="append", required=True, help="shard folder or s3:// prefix (repeatable)")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--subjects", default="", help=f"global ids to {verb}, comma-separated (default: all known)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def _world_size() -> int:

@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mused_fm.bench.model import training_step
 from mused_fm.bench.targets import Target
 from mused_fm.config import recipe_from_dict
 from mused_fm.data.schema import make_sample
 from mused_fm.data.writer import DatasetInfo, DatasetWriter
 from mused_fm.flops import count_flops, matmul_peak_flops
-from mused_fm.losses import clip_mused_loss
 from mused_fm.machine import device_info
 from mused_fm.model import build_model, load_export
 from mused_fm.subject_ids import global_id
@@ -175,16 +175,7 @@ def throughput(size: dict, device: torch.device, peak: float) -> dict:
         rows = net.subject_rows([global_id(dataset, names[i % len(names)]) for i in range(B)]).to(device)
         labels = (torch.rand(B, spec.num_classes, device=device) < 0.1).to(torch.uint8)
         llv, hlv = torch.randn(B, 64, device=device), torch.randn(B, 32, device=device)
-        weights = recipe.loss.for_dataset(dataset)
-
-        def step() -> None:
-            net.zero_grad(set_to_none=True)
-            with autocast:
-                out = net(bold, rows, dataset)
-                loss = clip_mused_loss(out, labels, llv, hlv, weights).total
-            loss.backward()
-
-        return step
+        return training_step(net, autocast, bold, rows, dataset, labels, llv, hlv, recipe.loss.for_dataset(dataset))
 
     def measure(dataset: str, B: int, net: torch.nn.Module = model, flops: int | None = None) -> dict:
         step = step_of(dataset, B, net)

@@ -90,7 +90,7 @@ def _reference_encoder(args: argparse.Namespace, device: torch.device) -> torch.
     return BertModel(config, add_pooling_layer=False).to(device).train()
 
 
-def _training_step(model, autocast, bold, rows, dataset, labels, clip_llv, clip_hlv, weights) -> Callable[[], None]:
+def training_step(model, autocast, bold, rows, dataset, labels, clip_llv, clip_hlv, weights) -> Callable[[], None]:
     """One fwd+bwd of the model with the full CLIP-MUSED loss (no optimizer step)."""
 
     def step() -> None:
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> dict:
     clip_llv, clip_hlv = torch.randn(B, 1024, device=device), torch.randn(B, 512, device=device)
     embeds = torch.randn(B, 12, args.dim, device=device)  # 10 ROI + 2 subject tokens
 
-    ours = _training_step(model, autocast, bold, rows, "nsd", labels, clip_llv, clip_hlv, weights)
+    ours = training_step(model, autocast, bold, rows, "nsd", labels, clip_llv, clip_hlv, weights)
 
     def ref() -> None:
         reference.zero_grad(set_to_none=True)
@@ -158,7 +158,7 @@ def _hcp_path(model, recipe, device, autocast, peak: float, rounds: int) -> dict
     labels = torch.zeros(1, 64, dtype=torch.uint8, device=device)
     clip_llv, clip_hlv = torch.randn(1, 1024, device=device), torch.randn(1, 512, device=device)
     weights = recipe.loss.for_dataset("hcp")
-    step = _training_step(model, autocast, volume, row, "hcp", labels, clip_llv, clip_hlv, weights)
+    step = training_step(model, autocast, volume, row, "hcp", labels, clip_llv, clip_hlv, weights)
     flops = count_flops(step)
     seconds = time_interleaved({"hcp": step}, device, rounds=rounds, warmup=1)["hcp"]
     return {
