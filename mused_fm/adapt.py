@@ -55,10 +55,10 @@ from mused_fm.model import MusedModel, SubjectRegistry, build_model, export_dir,
 from mused_fm.model.freeze import assert_unchanged, freeze_for_new_subjects, snapshot, train_only, trainable_summary
 from mused_fm.model.mused import CONFIG_NAME
 from mused_fm.subject_ids import dataset_of, name_of
-from mused_fm.train.accelerate_env import check_accelerate_env
 from mused_fm.train.engine import Engine, init_distributed
 from mused_fm.train.objective import Objective, batch_to_device
-from mused_fm.train.run_log import RunLog, resolve_wandb_mode
+from mused_fm.train.preflight import preflight
+from mused_fm.train.run_log import RunLog
 
 __all__ = ["METHODS", "AdaptResult", "adapt", "load_adapt_recipe"]
 
@@ -430,8 +430,7 @@ def adapt(recipe: AdaptRecipe) -> AdaptResult:
     a = recipe.adapt
     if not a.checkpoint or not a.shards or not a.subjects:
         raise InputError("adapt.checkpoint, adapt.shards and adapt.subjects are required (see --help).")
-    resolve_wandb_mode(recipe.log.wandb.mode)  # online logging without a login stops before the rendezvous
-    check_accelerate_env(recipe)  # so do `accelerate launch` flags that disagree with the recipe
+    preflight(recipe)  # W&B online without a login, disagreeing `accelerate launch` flags: before the rendezvous
     dist = init_distributed()
     base = load_export(a.checkpoint)
     reference = _reference(a)

@@ -30,7 +30,18 @@ from mused_fm.evaluate import merge_metrics
 from mused_fm.metrics import grouped_metrics, multilabel_metrics, stimulus_means
 from mused_fm.subject_ids import name_of
 
-__all__ = ["ALPHAS", "SplitArrays", "chance_metrics", "fit_linear", "fit_ridge", "linear_metrics", "ridge_metrics"]
+__all__ = [
+    "ALPHAS",
+    "BASELINES",
+    "SplitArrays",
+    "chance_metrics",
+    "fit_linear",
+    "fit_ridge",
+    "linear_metrics",
+    "ridge_metrics",
+]
+
+BASELINES = ("ridge", "linear", "chance")  # what a comparison fits beside its methods, in the tables' order
 
 ALPHAS = tuple(10.0**k for k in range(-4, 3))  # relative to the mean squared norm of a training sample
 

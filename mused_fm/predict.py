@@ -82,19 +82,19 @@ def _averaged(items: list, model: MusedModel, split: str, top_k: int, threshold:
         for i, key in enumerate(zip([name] * len(subjects), subjects, stimuli, strict=True)):
             groups.setdefault(key, []).append((probs[i], labels[i]))
     rows = []
-    for (name, subject, stimulus), items in groups.items():
-        mean = np.mean([p for p, _ in items], axis=0)[None]
+    for (name, subject, stimulus), repeats in groups.items():
+        mean = np.mean([p for p, _ in repeats], axis=0)[None]
         row = prediction_rows(
             mean,
             model.class_names_of(name),
             top_k,
             threshold,
-            items[0][1][None],
+            repeats[0][1][None],
             subject=[subject],
             stimulus=[stimulus],
             split=[split],
         )[0]
-        rows.append({**row, "repeats": len(items)})
+        rows.append({**row, "repeats": len(repeats)})
     return rows
 
 

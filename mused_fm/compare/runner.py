@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mused_fm.baselines import chance_metrics, linear_metrics, ridge_metrics
+from mused_fm.baselines import BASELINES, chance_metrics, linear_metrics, ridge_metrics
 from mused_fm.compare.protocol import Protocol, Run
 from mused_fm.config import Recipe, load_recipe
 from mused_fm.data.manifest import Manifest
@@ -175,7 +175,7 @@ def _reliance(checkpoint: Path, url: str, subjects: list[str]) -> dict | None:
 
 
 def _baselines_done(out: Path, dataset: str) -> bool:
-    return all((out / dataset / name / EVAL).is_file() for name in ("ridge", "linear", "chance"))
+    return all((out / dataset / name / EVAL).is_file() for name in BASELINES)
 
 
 def _baselines(name: str, dataset: str, url: str, subjects: list[str], out: str) -> None:

@@ -171,7 +171,6 @@ class MusedModel(nn.Module):
         z_llv, z_hlv = z_B2D[:, 0], z_B2D[:, 1]
         return MusedOutput(self.heads[dataset](z_llv, z_hlv), z_llv, z_hlv)
 
-    @torch.no_grad()
     def class_names_of(self, dataset: str) -> list[str]:
         """The dataset's class names in head order (class_0, class_1, ... for an export without names)."""
         names = self.class_names.get(dataset)
@@ -191,6 +190,7 @@ class MusedModel(nn.Module):
         probs = torch.sigmoid(self(bold, rows, dataset).logits.float()).cpu().numpy()
         return prediction_rows(probs, self.class_names_of(dataset), top_k, threshold, subject=list(subject_ids))
 
+    @torch.no_grad()
     def readout_attention(self, bold: torch.Tensor, subject_row_B: torch.Tensor, dataset: str) -> torch.Tensor:
         """(B, 2, 2 + M) last-layer attention of the low- (row 0) and high-level (row 1) token, mean over heads.
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mused_fm.baselines import BASELINES
 from mused_fm.stats import Interval, interval, paired, sign_flip_p
 from mused_fm.token_reliance import VARIANTS
 
@@ -72,12 +73,22 @@ class Comparison:
 
     def methods_of(self, dataset: str) -> list[str]:
         """The methods the protocol runs on the shard set `dataset` (all of them unless it names a subset)."""
-        named = self.protocol.get("datasets", {}).get(dataset, {}).get("methods")
-        return list(named or self.protocol.get("methods") or self.scores.get(dataset, {}))
+        return shard_set(self.protocol, dataset)[1] or list(self.scores.get(dataset, {}))
+
+    def trains(self, dataset: str) -> str:
+        """The recipe's dataset the shard set `dataset` trains (itself, unless the protocol names another)."""
+        return shard_set(self.protocol, dataset)[0]
 
     def interval(self, dataset: str, method: str, scoring: str = "trial") -> Interval | None:
         seeds = self.scores.get(dataset, {}).get(method, {}).get(scoring, {})
         return interval(list(seeds.values())) if seeds else None
+
+
+def shard_set(protocol: dict, name: str) -> tuple[str, list[str]]:
+    """(the recipe's dataset, the methods run) of the protocol's shard set `name`: protocol.json as
+    mused_fm.compare writes it; files from before shard sets had names give (name, every method)."""
+    spec = protocol.get("datasets", {}).get(name, {})
+    return spec.get("dataset", name), list(spec.get("methods") or protocol.get("methods") or [])
 
 
 def _subject_means(evals: list[dict], dataset: str) -> dict[str, float]:
@@ -103,9 +114,8 @@ def read_comparison(compare: str | Path) -> Comparison | None:
     result = Comparison(compare, protocol)
     for dataset, subjects in protocol["subjects"].items():
         result.scores[dataset] = {}
-        shard_set = protocol.get("datasets", {}).get(dataset, {})
-        trains = shard_set.get("dataset", dataset)  # the recipe's dataset: the key in eval.json
-        for method in shard_set.get("methods") or protocol["methods"]:
+        trains, methods = shard_set(protocol, dataset)  # trains: the recipe's dataset, the key in eval.json
+        for method in methods:
             spec = protocol["methods"][method]
             seeds: dict[str, dict[int, float]] = {}
             for seed in range(spec["seeds"]):
@@ -126,7 +136,7 @@ def read_comparison(compare: str | Path) -> Comparison | None:
                             result.reliance.setdefault(dataset, {}).setdefault(variant, {})[seed] = value
             if seeds:
                 result.scores[dataset][method] = seeds
-        for name in ("ridge", "linear", "chance"):
+        for name in BASELINES:
             path = compare / dataset / name / "eval.json"
             if path.is_file():
                 result.baselines.setdefault(dataset, {})[name] = _subject_means([json.loads(path.read_text())], trains)

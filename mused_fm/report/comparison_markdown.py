@@ -4,6 +4,7 @@ or fail, and the token-reliance check over seeds."""
 
 from __future__ import annotations
 
+from mused_fm.baselines import BASELINES
 from mused_fm.report.comparison import (
     PAIRS,
     Comparison,
@@ -28,7 +29,7 @@ def _method_table(c: Comparison, dataset: str) -> str:
     for method in ordered_methods(c, dataset):
         trial, repeat = c.interval(dataset, method, "trial"), c.interval(dataset, method, "repeat")
         rows.append([label(method), str(trial.n), trial.text(), repeat.text() if repeat else "n/a", _values(trial)])
-    for name in ("ridge", "linear", "chance"):
+    for name in BASELINES:
         base = c.baselines.get(dataset, {}).get(name)
         if base:
             rows.append(
@@ -111,7 +112,7 @@ def comparison_sections(c: Comparison, figure: str = "comparison.png", forest: s
     for dataset in c.datasets:
         where = protocol.get("shards", {}).get(dataset)
         shards = [f"Shards: `{where}`.", ""] if where else []  # NSD: `make demo-compare` uses the paper's volumes
-        trains = protocol.get("datasets", {}).get(dataset, {}).get("dataset", dataset)
+        trains = c.trains(dataset)
         if trains != dataset:  # a second shard set of one recipe dataset, often with a subset of the methods
             methods = ", ".join(label(m) for m in c.methods_of(dataset))
             shards += [f"The recipe's dataset `{trains}` from these shards; methods run: {methods}.", ""]

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mused_fm.config import Recipe
+from mused_fm.data import storage
 from mused_fm.data.manifest import PACKER, Manifest, check_compatible
 from mused_fm.data.pipeline import DatasetStream
 from mused_fm.errors import RecipeError
@@ -37,7 +38,7 @@ def resolve_datasets(recipe: Recipe) -> tuple[Recipe, list[str], dict[str, Manif
                 f"a folder or s3://bucket/prefix, e.g. "
                 f"`deepspeed launch/train.py RECIPE {key}.url=s3://bucket/shards/{name}`."
             )
-        if "://" not in ds.url and not Path(ds.url).exists():
+        if not storage.is_remote(ds.url) and not storage.exists(ds.url):  # a local folder: name its packer
             raise RecipeError(
                 f"{key}.url is {ds.url!r}, which does not exist (from {Path.cwd()}): write it with "
                 f"`python -m shards_tools {PACK_COMMAND.get(name, PACKER[ds.input])} ... --out {ds.url}` (README, "

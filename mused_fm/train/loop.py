@@ -37,12 +37,12 @@ from mused_fm.machine import cpu_usable
 from mused_fm.model import MusedModel, SubjectRegistry, build_model
 from mused_fm.model.tokenizers import sync_batchnorm
 from mused_fm.model.transformer import sdpa_backend
-from mused_fm.train.accelerate_env import check_accelerate_env
 from mused_fm.train.data import open_streams, resolve_datasets
 from mused_fm.train.engine import DEEPSPEED_VERSION, Engine, init_distributed
 from mused_fm.train.objective import Objective, batch_to_device
+from mused_fm.train.preflight import preflight
 from mused_fm.train.run_lock import RunLock
-from mused_fm.train.run_log import RunLog, resolve_wandb_mode, run_info
+from mused_fm.train.run_log import RunLog, run_info
 
 __all__ = ["train"]
 
@@ -295,8 +295,7 @@ class _Trainer:
 def train(recipe: Recipe) -> Path:
     """Train (or resume) the run the recipe describes; returns run_dir/export on every rank."""
     recipe, subject_ids, manifests = resolve_datasets(recipe)  # recipe/shard mismatches fail before any rendezvous
-    resolve_wandb_mode(recipe.log.wandb.mode)  # online logging without a login, too
-    check_accelerate_env(recipe)  # `accelerate launch` flags that disagree with the recipe
+    preflight(recipe)  # so do W&B online logging without a login and disagreeing `accelerate launch` flags
     # Global rank 0 holds the run directory's lock for the whole run (taken before the rendezvous, so a
     # second run there fails at once); RANK is set by every launcher before the process starts.
     lock = RunLock(recipe.run.out_dir) if int(os.environ.get("RANK", "0")) == 0 else None

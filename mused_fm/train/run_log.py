@@ -186,10 +186,7 @@ class RunLog:
         if self.bar is not None:
             self.bar.close()
         if self.wandb is not None:
-            offline = self.wandb.settings.mode == "offline"
             self.wandb.finish()
-            if offline:
-                logger.info("W&B run written offline to %s: `wandb sync %s` uploads it", self.wandb_dir, self.wandb_dir)
 
 
 def _flatten(record: dict, prefix: str = "") -> dict[str, Any]:
